@@ -1,0 +1,27 @@
+"""realqa: image quality and aesthetic scoring with a multimodal LLM, by next-token prediction.
+
+    >>> import realqa
+    >>> scorer = realqa.load_scorer("path/or/hub-id", adapter="lora-folder")   # doctest: +SKIP
+    >>> [r.score for r in scorer.score(["a.jpg", "b.jpg"], task="quality")]     # doctest: +SKIP
+"""
+
+from .engine import Scorer, load_scorer
+from .metrics import Evaluation, evaluate, krcc, plcc, plcc_logistic, rmse, srcc
+from .results import ScoreResult
+from .tasks import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Evaluation",
+    "ScoreResult",
+    "Scorer",
+    "Task",
+    "evaluate",
+    "krcc",
+    "load_scorer",
+    "plcc",
+    "plcc_logistic",
+    "rmse",
+    "srcc",
+]

@@ -1,0 +1,203 @@
+"""Command line: ``realqa score | eval | tiny-model``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+DEFAULT_CACHE = Path(os.environ.get("REALQA_CACHE", Path.home() / ".cache" / "realqa"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as err:
+        print(f"realqa {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="realqa", description="Image quality and aesthetic scoring with a multimodal LLM.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    score = commands.add_parser("score", help="score images, folders or manifests")
+    score.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or manifests (.txt/.csv/.jsonl)")
+    score.add_argument("--model", help="model folder or hub id (default: a tiny random test model; see README)")
+    score.add_argument("--adapter", help="PEFT LoRA adapter folder")
+    score.add_argument("--task", default="quality", help="task to score (default: quality)")
+    score.add_argument("--decimals", type=int, help="decimals in the answer (default: the model card's)")
+    score.add_argument("--batch-size", type=int, default=8)
+    score.add_argument("--out", help="write rows to FILE.csv or FILE.jsonl (one row per input, in input order)")
+    score.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
+    score.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
+    score.add_argument("--min-pixels", type=int, help="image processor lower pixel bound (default 200704)")
+    score.add_argument("--max-pixels", type=int, help="image processor upper pixel bound (default 401408)")
+    score.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    score.set_defaults(run=_score)
+
+    evaluate = commands.add_parser("eval", help="correlation metrics of predictions against labels")
+    evaluate.add_argument("predictions", help="our .csv/.jsonl results, or LLaMA-Factory's generated_predictions.jsonl")
+    evaluate.add_argument("--labels", help="CSV/JSONL with an image column and a label column, matched by path then file name")
+    evaluate.add_argument("--label-column", help="label column of --labels (default: the first of mos, MOS, score, label)")
+    evaluate.add_argument("--field", default="score", choices=("score", "ncm"), help="value to evaluate (default: score)")
+    evaluate.set_defaults(run=_eval)
+
+    tiny = commands.add_parser("tiny-model", help="build the tiny random Qwen2-VL test model into a folder")
+    tiny.add_argument("out", help="folder to write")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(run=_tiny_model)
+    return parser
+
+
+# ---------------------------------------------------------------- score
+
+
+def _score(args) -> int:
+    from tqdm import tqdm
+
+    from .engine import load_scorer
+    from .media import collect_inputs
+    from .results import STATUS_ERROR, ResultWriter
+
+    inputs = collect_inputs(args.paths)
+    if not inputs:
+        raise ValueError("no inputs found in " + ", ".join(args.paths))
+    options = {"batch_size": args.batch_size}
+    if args.min_pixels:
+        options["min_pixels"] = args.min_pixels
+    if args.max_pixels:
+        options["max_pixels"] = args.max_pixels
+    scorer = load_scorer(args.model or _default_model(), args.adapter, device=args.device, dtype=args.dtype, **options)
+    writer = ResultWriter(args.out) if args.out else None
+    results = []
+    progress = tqdm(total=len(inputs), unit="img", disable=args.quiet or None, file=sys.stderr)
+    try:
+        for result in scorer.iter_scores(inputs, args.task, decimals=args.decimals):
+            results.append(result)
+            if writer:
+                writer.write(result)
+            progress.update()
+    finally:
+        progress.close()
+        if writer:
+            writer.close()
+    if not args.quiet:
+        _print_ranking(results)
+    errors = sum(r.status == STATUS_ERROR for r in results)
+    unparsed = sum(r.score is None and r.status != STATUS_ERROR for r in results)
+    summary = f"{len(results)} inputs: {len(results) - errors - unparsed} scored, {unparsed} without a parsable score, {errors} errors"
+    print(summary + (f"; rows in {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
+def _default_model() -> str:
+    """Until a trained default model ships, a tiny random model stands in, and says so."""
+    from .model import build_tiny_model
+
+    folder = DEFAULT_CACHE / "tiny-random-qwen2-vl"
+    if not (folder / "config.json").is_file():
+        build_tiny_model(folder)
+    print(f"note: no --model given; using the tiny RANDOM test model in {folder}: its scores are noise", file=sys.stderr)
+    return str(folder)
+
+
+def _print_ranking(results) -> None:
+    """Scored rows best first, then rows without a score (unparsed answers and errors)."""
+    scored = sorted((r for r in results if r.score is not None), key=lambda r: -r.score)
+    rest = [r for r in results if r.score is None]
+    width = min(60, max((len(r.path) for r in results), default=4))
+    print(f"{'rank':>4}  {'score':>6}  {'ncm':>6}  {'path':<{width}}  note")
+    for rank, r in enumerate(scored, 1):
+        ncm = f"{r.ncm:6.3f}" if r.ncm is not None else f"{'':>6}"
+        note = "" if r.status == "ok" else r.status
+        print(f"{rank:>4}  {r.score:6.2f}  {ncm}  {_shorten(r.path, width):<{width}}  {note}")
+    for r in rest:
+        note = r.error or f"{r.status}: {r.text!r}"
+        print(f"{'-':>4}  {'-':>6}  {'':>6}  {_shorten(r.path, width):<{width}}  {note}")
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
+# ---------------------------------------------------------------- eval
+
+
+def _eval(args) -> int:
+    from .metrics import evaluate
+    from .results import read_predictions
+
+    predictions = read_predictions(args.predictions, field=args.field)
+    if args.labels:
+        labels = _read_labels(args.labels, args.label_column)
+        missing = [p.key for p in predictions if _lookup(labels, p.key) is None]
+        if missing:
+            raise ValueError(f"{len(missing)} prediction(s) have no label in {args.labels}, e.g. {missing[0]!r}")
+        pairs = [(p.pred, _lookup(labels, p.key)) for p in predictions]
+    else:
+        unlabelled = [p.key for p in predictions if p.label is None]
+        if unlabelled:
+            raise ValueError(f"{args.predictions}: {len(unlabelled)} row(s) carry no label; pass --labels FILE")
+        pairs = [(p.pred, p.label) for p in predictions]
+    result = evaluate([pred for pred, _ in pairs], [label for _, label in pairs])
+    print(f"{'rows':>6} {'scored':>6} {'failed':>6} {'SRCC':>7} {'KRCC':>7} {'PLCC':>7} {'PLCC4':>7} {'RMSE':>7}")
+    print(f"{result.n_total:>6} {result.n_evaluated:>6} {result.n_failed:>6} "
+          + " ".join(_fmt(v) for v in (result.srcc, result.krcc, result.plcc, result.plcc_logistic, result.rmse)))
+    if not result.logistic_converged:
+        print("note: the 4-parameter logistic fit did not converge; PLCC4 is undefined", file=sys.stderr)
+    return 0
+
+
+def _fmt(value: float) -> str:
+    return f"{'nan':>7}" if math.isnan(value) else f"{value:7.4f}"
+
+
+_KEY_COLUMNS = ("path", "image", "image_name", "img_name", "image_id")
+_LABEL_COLUMNS = ("mos", "MOS", "score", "label")
+
+
+def _read_labels(path: str, column: str | None) -> dict[str, float]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f)) if path.lower().endswith(".csv") else [json.loads(l) for l in f if l.strip()]
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    key = next((c for c in _KEY_COLUMNS if c in rows[0]), None)
+    value = column or next((c for c in _LABEL_COLUMNS if c in rows[0]), None)
+    if key is None or value is None or value not in rows[0]:
+        raise ValueError(f"{path}: need an image column ({', '.join(_KEY_COLUMNS)}) and a label column "
+                         f"({column or ', '.join(_LABEL_COLUMNS)}); found {', '.join(rows[0])}")
+    labels = {}
+    for i, row in enumerate(rows, 1):
+        try:
+            labels[str(row[key])] = float(row[value])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: row {i}: label {row[value]!r} is not a number") from None
+    return labels
+
+
+def _lookup(labels: dict[str, float], key: str) -> float | None:
+    if key in labels:
+        return labels[key]
+    return labels.get(Path(key).name)
+
+
+# ---------------------------------------------------------------- tiny model
+
+
+def _tiny_model(args) -> int:
+    from .model import build_tiny_model
+
+    print(build_tiny_model(args.out, seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

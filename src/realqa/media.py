@@ -1,0 +1,286 @@
+"""Turning user inputs into decoded RGB images.
+
+``load_image`` opens one image defensively (missing, empty, corrupt, oversized
+and exotic-mode files all end in a ``MediaError`` that names the input), and
+``collect_inputs`` expands command-line arguments (files, folders, manifests)
+into the ordered list of inputs to score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import stat
+import warnings
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "MediaError",
+    "collect_inputs",
+    "load_image",
+]
+
+DEFAULT_MAX_IMAGE_PIXELS: int = 64_000_000  # decompression-bomb guard (about 8000x8000)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib",
+        ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".pnm",
+        ".tga", ".ico", ".jp2", ".j2k", ".jpx", ".pcx", ".sgi", ".qoi",
+    }
+)
+
+MANIFEST_EXTENSIONS: frozenset[str] = frozenset({".txt", ".lst", ".csv", ".jsonl"})
+_MANIFEST_KEYS = ("path", "image")  # in order of preference
+
+_WHITE = (255, 255, 255, 255)
+_INT32_MAX = 2**31 - 1
+
+
+class MediaError(ValueError):
+    """An input that cannot be used; ``str(err)`` is ``"<source>: <problem>"``."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        # Both parts go into args so the error survives pickling (worker processes).
+        super().__init__(source, problem)
+        self.source = source
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.problem}"
+
+
+def load_image(
+    source: str | os.PathLike | Image.Image,
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    label: str | None = None,
+) -> Image.Image:
+    """Return ``source`` as a fully decoded 8-bit RGB image, or raise ``MediaError``.
+
+    The first frame of multi-frame files is used, EXIF orientation is applied
+    and alpha is composited over white. Images with more than ``max_pixels``
+    pixels are rejected from their header, before decoding; PIL's own
+    process-wide ``Image.MAX_IMAGE_PIXELS`` guard also stays in force. A PIL
+    image is not mutated (its current frame is used). Errors are named by
+    ``label``, else by the path as given, else ``"<image>"``.
+    """
+    if isinstance(source, Image.Image):
+        return _prepare(source, label or "<image>", max_pixels)
+    name = label or os.fsdecode(source)
+    _check_file(source, name)
+    try:
+        fp = open(source, "rb")
+    except OSError as err:
+        raise MediaError(name, f"cannot read file ({err.strerror or err})") from err
+    with fp:
+        with _pil_errors(name):
+            img = Image.open(fp)
+        return _prepare(img, name, max_pixels)
+
+
+def _check_file(path: str | os.PathLike, name: str) -> None:
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise MediaError(name, "file not found") from None
+    except OSError as err:
+        raise MediaError(name, f"cannot read file ({err.strerror or err})") from err
+    if stat.S_ISDIR(st.st_mode):
+        raise MediaError(name, "is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise MediaError(name, "is not a regular file")
+    if st.st_size == 0:
+        raise MediaError(name, "file is empty (0 bytes)")
+
+
+@contextlib.contextmanager
+def _pil_errors(name: str) -> Iterator[None]:
+    """Turn whatever PIL raises on bad data into a ``MediaError`` for ``name``."""
+    # Locally only: PIL merely warns between MAX_IMAGE_PIXELS and twice that.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except MemoryError:  # the machine's limit, not a fault of the input
+            raise
+        except UnidentifiedImageError:
+            raise MediaError(name, "not a recognised image format") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise MediaError(name, f"image is too large ({err})") from None
+        # PIL plugins signal malformed data with many exception types
+        # (OSError, SyntaxError, struct.error, IndexError, ...).
+        except Exception as err:
+            raise MediaError(name, f"image data is truncated or corrupt ({err})") from err
+
+
+def _prepare(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
+    width, height = img.size  # known from the header, nothing decoded yet
+    if width * height > max_pixels:
+        raise MediaError(
+            name,
+            f"image is too large ({width}x{height} = {width * height:,} pixels, "
+            f"limit {max_pixels:,}); possible decompression bomb",
+        )
+    with _pil_errors(name):
+        img.load()  # decode everything now so truncation is reported here
+        return _to_rgb(ImageOps.exif_transpose(img))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB (``img`` is never modified)."""
+    if img.mode.startswith("I") or img.mode == "F":
+        return _high_depth_to_l(img).convert("RGB")
+    if img.mode == "La":  # premultiplied; PIL can only un-premultiply RGBa
+        lum, alpha = img.split()
+        img = Image.merge("RGBa", (lum, lum, lum, alpha))
+    if _has_alpha(img):
+        # Composite over white: transparent areas then look as viewers show
+        # them, and scorers never see the undefined colours behind alpha 0.
+        background = Image.new("RGBA", img.size, _WHITE)
+        return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    # Same test as Image.has_transparency_data, which needs Pillow >= 10.1.
+    return (
+        img.mode in ("RGBA", "RGBa", "LA", "La", "PA")
+        or "transparency" in img.info
+        or (img.mode == "P" and img.palette is not None and img.palette.mode == "RGBA")
+    )
+
+
+def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    """Scale 16/32-bit integer or float greyscale to 8 bits by the value range.
+
+    PIL's own conversion clips instead, which turns most 16-bit images white.
+    'I;16*' uses 0..65535. 'I' is usually 16-bit data widened by PIL, so it is
+    read as 16-bit unless a value lies outside 0..65535, in which case the
+    full 0..2**31-1 range is used. 'F' is read as 0..1 when all values lie in
+    it, else as 0..255 (PIL's convention); NaN becomes 0.
+    """
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        values = np.nan_to_num(values, nan=0.0)
+        top = 1.0 if values.size and values.min() >= 0 and values.max() <= 1 else 255.0
+    elif img.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+        top = float(_INT32_MAX)
+    else:
+        top = 65535.0
+    scaled = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled)
+
+
+def collect_inputs(paths: Iterable[str | os.PathLike], *, recursive: bool = True) -> list[str]:
+    """Expand CLI arguments into the ordered list of inputs to score.
+
+    For each argument, in order:
+
+    - a directory gives every file under it (recursively unless
+      ``recursive=False``) whose lower-cased extension is in
+      ``IMAGE_EXTENSIONS``, sorted by relative path; a directory with no such
+      file gives nothing and a ``UserWarning`` naming it;
+    - an existing ``.txt``/``.lst`` manifest gives one path per line (blank
+      lines and ``#`` comments skipped), a ``.csv`` the ``path`` or ``image``
+      column, a ``.jsonl`` the ``path`` or ``image`` key of each line; relative
+      entries are resolved against the manifest's folder and taken as they
+      are (not expanded further); a malformed manifest raises ``MediaError``;
+    - anything else (an image, a missing path, an unknown extension) is kept
+      as given, so the scorer reports it as one error row instead of the
+      input vanishing silently.
+    """
+    inputs: list[str] = []
+    for arg in paths:
+        path = os.fsdecode(arg)
+        if os.path.isdir(path):
+            inputs.extend(_scan_directory(path, recursive))
+        elif os.path.isfile(path) and _extension(path) in MANIFEST_EXTENSIONS:
+            inputs.extend(_read_manifest(path))
+        else:
+            inputs.append(path)
+    return inputs
+
+
+def _extension(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
+
+
+def _scan_directory(directory: str, recursive: bool) -> list[str]:
+    found: list[tuple[str, ...]] = []  # relative paths as component tuples
+    for root, dirs, files in os.walk(directory):
+        rel_root = os.path.relpath(root, directory)
+        parts = () if rel_root == os.curdir else tuple(rel_root.split(os.sep))
+        found.extend(parts + (f,) for f in files if _extension(f) in IMAGE_EXTENSIONS)
+        if not recursive:
+            dirs.clear()
+    if not found:
+        warnings.warn(f"{directory}: directory contains no images", stacklevel=3)
+    # Component-wise sorting gives the same order on every platform.
+    return [os.path.join(directory, *rel) for rel in sorted(found)]
+
+
+def _read_manifest(manifest: str) -> list[str]:
+    try:
+        with open(manifest, encoding="utf-8-sig", newline="") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise MediaError(manifest, f"cannot read manifest ({err})") from err
+    readers = {".csv": _csv_entries, ".jsonl": _jsonl_entries}
+    reader = readers.get(_extension(manifest), _line_entries)
+    folder = os.path.dirname(manifest)
+    return [os.path.join(folder, entry) for entry in reader(manifest, text)]
+
+
+def _line_entries(manifest: str, text: str) -> list[str]:
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _csv_entries(manifest: str, text: str) -> list[str]:
+    rows = csv.reader(io.StringIO(text))
+    header = [name.strip() for name in next(rows, [])]
+    lowered = [name.lower() for name in header]
+    column = next((lowered.index(key) for key in _MANIFEST_KEYS if key in lowered), None)
+    if column is None:
+        raise MediaError(
+            manifest,
+            f"CSV manifest needs a 'path' or 'image' column; it has {header}",
+        )
+    entries = []
+    for row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        value = row[column].strip() if column < len(row) else ""
+        if not value:
+            raise MediaError(manifest, f"line {rows.line_num}: empty '{header[column]}' value")
+        entries.append(value)
+    return entries
+
+
+def _jsonl_entries(manifest: str, text: str) -> list[str]:
+    entries = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise MediaError(manifest, f"line {line_no}: invalid JSON ({err})") from None
+        value = None
+        if isinstance(record, dict):
+            value = next((record[key] for key in _MANIFEST_KEYS if key in record), None)
+        if not isinstance(value, str) or not value:
+            raise MediaError(
+                manifest, f"line {line_no}: needs a non-empty 'path' or 'image' string"
+            )
+        entries.append(value)
+    return entries

@@ -1,0 +1,278 @@
+"""Loading a scorer's parts (model, adapter, tokenizer, image processor, card) and the tiny test model.
+
+Everything loads through ``from_pretrained``, a local folder or a hub id alike. The image side uses
+the checkpoint's own image processor; the prompt side uses its tokenizer and chat template. (The
+combined ``AutoProcessor`` is avoided on purpose: in transformers 5.x it also builds a video
+processor that needs torchvision, which image scoring does not.)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .numeric import digit_token_ids
+from .tasks import DEFAULT_TASKS, Task
+
+CARD_FILE = "realqa_card.json"
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+# RealQA's image resolution: 256 to 512 visual tokens after the 2x2 merge (28x28 pixels per token).
+MIN_PIXELS = 200_704
+MAX_PIXELS = 401_408
+
+
+@dataclass
+class ModelCard:
+    """What a model folder says about itself: the tasks it answers and how it was trained."""
+
+    tasks: dict[str, Task] = field(default_factory=lambda: dict(DEFAULT_TASKS))
+    description: str = ""
+    trained_on: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "tasks": {name: task.to_dict() for name, task in self.tasks.items()},
+            "description": self.description,
+            "trained_on": self.trained_on,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelCard":
+        data = dict(data)
+        tasks = {name: Task.from_dict({"name": name, **spec}) for name, spec in data.pop("tasks", {}).items()}
+        return cls(
+            tasks=tasks or dict(DEFAULT_TASKS),
+            description=data.pop("description", ""),
+            trained_on=list(data.pop("trained_on", [])),
+            extra=data,
+        )
+
+    def save(self, folder: str | Path) -> None:
+        Path(folder, CARD_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def read_card(folder: str | Path | None) -> ModelCard | None:
+    """The card in a local folder, or None when the folder has none (hub ids are not searched)."""
+    if folder is None:
+        return None
+    path = Path(folder, CARD_FILE)
+    if not path.is_file():
+        return None
+    try:
+        return ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: invalid model card ({err})") from None
+
+
+@dataclass
+class ScoringModel:
+    """A loaded model with everything scoring needs."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    image_processor: object
+    card: ModelCard
+    digit_ids: list[int]
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def load_model(
+    model: str | Path,
+    adapter: str | Path | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    merge_adapter: bool = True,
+) -> ScoringModel:
+    """Load a Qwen2-VL / Qwen2.5-VL checkpoint, an optional PEFT adapter, and their card.
+
+    The adapter's card, when it has one, wins over the base model's: it describes what the
+    fine-tuning taught. Without any card the default tasks of :mod:`realqa.tasks` are used.
+    """
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    model_id = str(model)
+    device = str(device or default_device())
+    torch_dtype = _resolve_dtype(dtype, device)
+
+    config = AutoConfig.from_pretrained(model_id)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{model_id}: model type {config.model_type!r} is not supported; "
+            f"expected one of {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_id)
+    image_processor = AutoImageProcessor.from_pretrained(model_id)
+    network = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch_dtype, attn_implementation="sdpa")
+    card = read_card(model_id) if Path(model_id).is_dir() else None
+    if adapter is not None:
+        from peft import PeftModel
+
+        network = PeftModel.from_pretrained(network, str(adapter))
+        if merge_adapter:
+            network = network.merge_and_unload()  # plain weights: no adapter overhead per forward
+        card = read_card(adapter) or card
+    network.to(device).eval()
+    return ScoringModel(
+        model=network,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        card=card or ModelCard(),
+        digit_ids=digit_token_ids(tokenizer),
+        name=model_id if adapter is None else f"{model_id}+{adapter}",
+    )
+
+
+# ---------------------------------------------------------------- the tiny test model
+
+SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+# Renders the same text as Qwen2-VL-Instruct's template for single-turn image questions:
+# a default system turn, image parts as <|vision_start|><|image_pad|><|vision_end|>, then the text.
+TINY_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{%- endif -%}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif part['type'] == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "<|im_end|>\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+)
+
+
+def _tiny_corpus() -> list[str]:
+    """Text the tiny tokenizer's merges are learned from: the prompts and answers it will see."""
+    lines = ["You are a helpful assistant.", "system user assistant"]
+    for task in DEFAULT_TASKS.values():
+        lines += [task.question_text(), task.answer_text(task.low), task.answer_text(task.high)]
+    return lines * 4
+
+
+def build_tiny_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer with Qwen2's pre-tokenizer (every digit its own token)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_tiny_corpus(), trainer)
+    learned = json.loads(bpe.to_str())["model"]
+    tokenizer = Qwen2Tokenizer(
+        vocab=learned["vocab"],
+        merges=[tuple(pair) for pair in learned["merges"]],
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:
+    """Save a Qwen2-VL-architecture model with random weights, its tokenizer, image processor and card.
+
+    It loads through the same ``from_pretrained`` path as a real checkpoint; its scores are noise.
+    """
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer()
+    token_id = tokenizer.convert_tokens_to_ids
+    heads = 4
+    head_dim = hidden_size // heads
+    # M-RoPE splits each head's rotary half-dimension into (temporal, height, width) sections.
+    half = head_dim // 2
+    mrope_section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden_size,
+            "intermediate_size": hidden_size * 2,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads // 2,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope_section},
+            "bos_token_id": None,
+            "eos_token_id": token_id("<|im_end|>"),
+            "pad_token_id": token_id("<|endoftext|>"),
+        },
+        vision_config={
+            "depth": layers,
+            "embed_dim": 32,
+            "hidden_size": hidden_size,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = token_id("<|im_end|>")
+    model.generation_config.pad_token_id = token_id("<|endoftext|>")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS).save_pretrained(out)
+    ModelCard(description=f"Tiny Qwen2-VL-architecture model with random weights (seed {seed}); for tests only: "
+                          "its scores are noise.").save(out)
+    return out
