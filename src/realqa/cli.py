@@ -11,7 +11,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-DEFAULT_CACHE = Path(os.environ.get("REALQA_CACHE", Path.home() / ".cache" / "realqa"))
+
+
+def cache_dir() -> Path:
+    """Where realqa keeps what it builds for itself (``$REALQA_CACHE``, default ~/.cache/realqa)."""
+    return Path(os.environ.get("REALQA_CACHE") or Path.home() / ".cache" / "realqa")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +106,7 @@ def _default_model() -> str:
     """Until a trained default model ships, a tiny random model stands in, and says so."""
     from .model import build_tiny_model
 
-    folder = DEFAULT_CACHE / "tiny-random-qwen2-vl"
+    folder = cache_dir() / "tiny-random-qwen2-vl"
     if not (folder / "config.json").is_file():
         build_tiny_model(folder)
     print(f"note: no --model given; using the tiny RANDOM test model in {folder}: its scores are noise", file=sys.stderr)

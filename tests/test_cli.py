@@ -1,0 +1,154 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bad_inputs import write_bad_inputs, write_unusual_inputs
+from conftest import EXAMPLE_PHOTOS, ROOT, SHARED_DATA, SMALL_PIXELS
+from realqa.cli import main
+
+PIXEL_ARGS = ["--min-pixels", str(SMALL_PIXELS["min_pixels"]), "--max-pixels", str(SMALL_PIXELS["max_pixels"])]
+
+
+def _rows(path: Path) -> list[dict]:
+    if path.suffix == ".csv":
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _folder_with_bad_files(tmp_path: Path, photos) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in photos:
+        (folder / Path(photo).name).write_bytes(Path(photo).read_bytes())
+    write_bad_inputs(folder / "bad")
+    write_unusual_inputs(folder / "odd")
+    return folder
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_score_folder_writes_one_row_per_input_in_order(format_model_dir, tmp_path, capsys, suffix):
+    folder = _folder_with_bad_files(tmp_path, EXAMPLE_PHOTOS)
+    out = tmp_path / f"scores{suffix}"
+    missing = str(tmp_path / "nowhere.jpg")
+    code = main(["score", str(folder), missing, "--model", str(format_model_dir), "--out", str(out), "--quiet", *PIXEL_ARGS])
+    assert code == 0
+    rows = _rows(out)
+    expected = [str(p) for p in sorted(folder.rglob("*")) if p.is_file()]
+    assert sorted(r["path"] for r in rows[:-1]) == sorted(expected)
+    assert rows[-1]["path"] == missing and "not found" in rows[-1]["error"]
+    assert set(rows[0]) >= {"path", "score", "ncm", "text", "error", "status"}
+    errors = [r for r in rows if r["status"] == "error"]
+    assert len(errors) == 5  # four bad files and the missing one
+    for row in errors:
+        assert row["score"] in ("", None) and row["error"]
+    scored = [r for r in rows if r["score"] not in ("", None)]
+    assert len(scored) >= 6
+    assert "scored" in capsys.readouterr().err
+
+
+def test_score_prints_a_ranked_table(format_model_dir, tmp_path, capsys):
+    code = main(["score", *map(str, EXAMPLE_PHOTOS), "--model", str(format_model_dir), *PIXEL_ARGS])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["rank", "score", "ncm", "path"]
+    scores = [float(line.split()[1]) for line in lines[1:] if line.split()[0].isdigit()]
+    assert scores == sorted(scores, reverse=True) and len(scores) >= 1
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "photos").is_dir(), reason="../shared/data/photos not present")
+def test_score_real_photos_with_bad_files(tiny_model_dir, tmp_path):
+    photos = sorted((SHARED_DATA / "photos").glob("*.jpg"))
+    folder = _folder_with_bad_files(tmp_path, photos)
+    out = tmp_path / "scores.csv"
+    assert main(["score", str(folder), "--model", str(tiny_model_dir), "--out", str(out), "--quiet", "--batch-size", "8"]) == 0
+    rows = _rows(out)
+    assert len(rows) == len(photos) + 4 + 6
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert all(by_name[p.name]["status"] != "error" for p in photos)
+    assert sum(r["status"] == "error" for r in rows) == 4
+
+
+def test_manifest_input_keeps_manifest_order(format_model_dir, tmp_path):
+    manifest = tmp_path / "list.txt"
+    order = [EXAMPLE_PHOTOS[2], EXAMPLE_PHOTOS[0], EXAMPLE_PHOTOS[1]]
+    manifest.write_text("\n".join(map(str, order)) + "\n")
+    out = tmp_path / "o.jsonl"
+    assert main(["score", str(manifest), "--model", str(format_model_dir), "--out", str(out), "--quiet", *PIXEL_ARGS]) == 0
+    assert [r["path"] for r in _rows(out)] == list(map(str, order))
+
+
+def test_usage_errors_are_one_line_and_exit_2(format_model_dir, tmp_path, capsys):
+    assert main(["score", str(EXAMPLE_PHOTOS[0]), "--model", str(format_model_dir), "--task", "nope", "--quiet"]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err
+    assert main(["score", str(EXAMPLE_PHOTOS[0]), "--model", str(format_model_dir), "--out", str(tmp_path / "x.txt")]) == 2
+    assert "must end in .csv or .jsonl" in capsys.readouterr().err
+
+
+def test_default_model_is_built_and_announced(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("REALQA_CACHE", str(tmp_path / "cache"))
+    assert main(["score", str(EXAMPLE_PHOTOS[0]), "--quiet", *PIXEL_ARGS]) == 0
+    assert "tiny RANDOM test model" in capsys.readouterr().err
+    assert (tmp_path / "cache" / "tiny-random-qwen2-vl" / "config.json").is_file()
+
+
+def test_tiny_model_command(tmp_path, capsys):
+    assert main(["tiny-model", str(tmp_path / "tiny")]) == 0
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "realqa_card.json"):
+        assert (tmp_path / "tiny" / name).is_file()
+
+
+# ---------------------------------------------------------------- eval
+
+
+def test_eval_our_results_with_a_labels_file(tmp_path, capsys):
+    results = tmp_path / "scores.csv"
+    rows = [("a.jpg", "1.50", "ok"), ("b.jpg", "", "no_score"), ("c.jpg", "3.10", "ok"), ("d.jpg", "2.20", "ok"),
+            ("e.jpg", "4.90", "ok"), ("f.jpg", "4.00", "ok"), ("g.jpg", "", "error")]
+    with open(results, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "task", "score", "ncm", "status", "text", "error"])
+        for path, score, status in rows:
+            writer.writerow([f"/data/{path}", "quality", score, score, status, "", ""])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,mos\n" + "".join(f"{n}.jpg,{m}\n" for n, m in zip("abcdefg", [1.2, 2, 3, 2.5, 4.8, 3.9, 1])))
+    assert main(["eval", str(results), "--labels", str(labels)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    values = out[1].split()
+    assert values[:3] == ["7", "5", "2"]  # rows, scored, failed: failures are counted, not dropped
+    assert float(values[3]) == pytest.approx(1.0)  # pred order 1.5<2.2<3.1<4.0<4.9 matches labels
+
+
+def test_eval_llamafactory_predictions(tmp_path, capsys):
+    predictions = tmp_path / "generated_predictions.jsonl"
+    pairs = [("The quality score of this image is 3.47.", "The quality score of this image is 3.50."),
+             ("The quality score of this image is 2.10.", "The quality score of this image is 2.00."),
+             ("I am not sure.", "The quality score of this image is 4.00."),
+             ("Reasoning first. <4.40>", "The quality score of this image is 4.60."),
+             ("The quality score of this image is 1.20.", "The quality score of this image is 1.10."),
+             ("The quality score of this image is 2.90.", "The quality score of this image is 3.00.")]
+    predictions.write_text("".join(json.dumps({"prompt": "q", "predict": p, "label": l}) + "\n" for p, l in pairs))
+    assert main(["eval", str(predictions)]) == 0
+    values = capsys.readouterr().out.splitlines()[1].split()
+    assert values[:3] == ["6", "5", "1"]
+    assert float(values[3]) == pytest.approx(1.0)
+
+
+def test_eval_without_labels_says_so(tmp_path, capsys):
+    results = tmp_path / "scores.jsonl"
+    results.write_text(json.dumps({"path": "a.jpg", "score": 3.0, "status": "ok"}) + "\n")
+    assert main(["eval", str(results)]) == 2
+    assert "pass --labels" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-m", "realqa.cli", "tiny-model", str(tmp_path / "m")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "m" / "config.json").is_file()

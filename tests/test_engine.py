@@ -1,0 +1,167 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bad_inputs import write_bad_inputs, write_unusual_inputs
+from conftest import EXAMPLE_PHOTOS, SMALL_PIXELS, brightness_image
+from realqa import load_scorer
+from realqa.chat import scoring_prompt
+from realqa.engine import Scorer
+from realqa.model import CARD_FILE, load_model
+from realqa.numeric import digit_expectation
+
+
+def _images():
+    return [brightness_image(level) for level in np.linspace(0.0, 1.0, 11)] + [str(p) for p in EXAMPLE_PHOTOS]
+
+
+def test_format_model_writes_parsable_scores_with_ncm(format_scorer):
+    results = format_scorer.score(_images())
+    ok = [r for r in results if r.status == "ok"]
+    assert len(ok) >= len(results) * 2 // 3, [r.text for r in results]
+    for r in ok:
+        assert 1 <= r.score <= 5
+        assert r.ncm is not None and 0 <= r.ncm <= 9.99
+        assert r.text.startswith(format_scorer.task("quality").score_format.format(r.score))
+
+
+def test_batch_of_one_equals_batch_of_sixteen(format_scorer):
+    images = _images()[:16]
+    assert len(images) == 16
+    together = format_scorer.score(images, batch_size=16)
+    alone = [format_scorer.score([image], batch_size=1)[0] for image in images]
+    for a, b in zip(together, alone):
+        assert (a.score, a.status, a.text) == (b.score, b.status, b.text)
+        if a.ncm is None:
+            assert b.ncm is None
+        else:
+            assert a.ncm == pytest.approx(b.ncm, abs=1e-4)
+
+
+def test_ncm_is_read_at_the_digit_positions(format_scorer):
+    """Feeding the model its own answer must give the same digit expectation the scorer reports."""
+    image = brightness_image(0.6)
+    result = format_scorer.score([image])[0]
+    assert result.status == "ok" and result.ncm is not None
+    task = format_scorer.task("quality")
+    loaded = format_scorer.loaded
+    item = format_scorer._prepare(0, image, "x", task)
+    answer_ids = loaded.tokenizer.encode(task.score_format.format(result.score), add_special_tokens=False)
+    item.input_ids = item.input_ids + answer_ids
+    batch = format_scorer._collate([item])
+    with torch.no_grad():
+        logits = loaded.model(**batch).logits[0]
+    start = len(item.input_ids) - len(answer_ids)
+    positions = [start - 1 + i for i, token in enumerate(answer_ids) if token in loaded.digit_ids]
+    expected = float(digit_expectation(logits[positions], loaded.digit_ids))
+    assert result.ncm == pytest.approx(expected, abs=1e-4)
+
+
+def test_bad_inputs_become_error_rows_and_the_rest_is_scored(format_scorer, tmp_path):
+    problems = write_bad_inputs(tmp_path / "bad")
+    unusual = write_unusual_inputs(tmp_path / "odd")
+    good = [str(p) for p in EXAMPLE_PHOTOS[:2]]
+    inputs = (
+        [good[0], str(tmp_path / "missing.jpg")]
+        + [str(tmp_path / "bad" / name) for name in problems]
+        + [str(tmp_path / "odd" / name) for name in unusual]
+        + [good[1]]
+    )
+    results = format_scorer.score(inputs, batch_size=4)
+    assert [r.path for r in results] == inputs
+    by_name = {r.path.rsplit("/", 1)[-1]: r for r in results}
+    assert by_name["missing.jpg"].status == "error" and "not found" in by_name["missing.jpg"].error
+    for name, problem in problems.items():
+        row = by_name[name]
+        assert row.status == "error" and row.score is None and row.ncm is None
+        assert name in row.error and problem in row.error, row.error
+    for name in unusual:
+        assert by_name[name].status != "error", by_name[name].error
+    # The neighbours of failures score exactly as they do alone.
+    alone = format_scorer.score(good)
+    assert [(r.score, r.text) for r in (results[0], results[-1])] == [(r.score, r.text) for r in alone]
+
+
+def test_exif_rotation_is_applied_before_scoring(format_scorer, tmp_path):
+    photo = Image.open(EXAMPLE_PHOTOS[0]).convert("RGB")
+    upright = tmp_path / "upright.png"
+    photo.save(upright)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = tmp_path / "stored.png"
+    photo.transpose(Image.Transpose.ROTATE_90).save(stored, exif=exif)  # displays upright again
+    a, b = format_scorer.score([str(upright), str(stored)])
+    assert (a.score, a.text) == (b.score, b.text)
+
+
+def test_pil_inputs_and_single_inputs(format_scorer):
+    image = brightness_image(0.3)
+    [from_list] = format_scorer.score([image])
+    [single] = format_scorer.score(image)
+    assert from_list.path == "<image 0>" and (single.score, single.text) == (from_list.score, from_list.text)
+
+
+def test_unknown_task_names_the_choices(format_scorer):
+    with pytest.raises(ValueError, match="unknown task 'sharpness'.*quality, aesthetics"):
+        format_scorer.score([brightness_image(0.5)], task="sharpness")
+
+
+def test_prompt_comes_from_chat_template_and_task(format_scorer):
+    task = format_scorer.task("aesthetics")
+    prompt = scoring_prompt(format_scorer.loaded.tokenizer, task)
+    assert "from 1 to 10" in prompt
+    assert prompt.endswith("<|im_start|>assistant\nThe aesthetic score of this image is ")
+    assert prompt.count("<|image_pad|>") == 1
+
+
+def test_card_tasks_are_the_questions_asked(tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for item in tiny_model_dir.iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    card = json.loads((folder / CARD_FILE).read_text())
+    card["tasks"] = {"sharpness": {"low": 0, "high": 9, "question": "How sharp, {low} to {high}?",
+                                   "answer_prefix": "Sharpness: ", "decimals": 1}}
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    scorer = load_scorer(str(folder), device="cpu", **SMALL_PIXELS)
+    assert list(scorer.tasks) == ["sharpness"]
+    assert "How sharp, 0 to 9?" in scoring_prompt(scorer.loaded.tokenizer, scorer.task("sharpness"))
+    [result] = scorer.score([brightness_image(0.5)], task="sharpness")
+    assert result.task == "sharpness" and result.status in ("ok", "out_of_range", "no_score")
+
+
+def test_lora_adapter_loads_and_changes_the_model(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = load_model(tiny_model_dir, device="cpu")
+    peft_model = get_peft_model(
+        base.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    base_scorer = load_scorer(str(tiny_model_dir), device="cpu", **SMALL_PIXELS)
+    tuned_scorer = load_scorer(str(tiny_model_dir), adapter=str(adapter_dir), device="cpu", **SMALL_PIXELS)
+    batch = tuned_scorer._collate([tuned_scorer._prepare(0, brightness_image(0.5), "x", tuned_scorer.task("quality"))])
+    with torch.no_grad():
+        tuned = tuned_scorer.loaded.model(**batch).logits
+        plain = base_scorer.loaded.model(**batch).logits
+    assert not torch.allclose(tuned, plain)
+    assert "adapter" in tuned_scorer.loaded.name
+
+
+def test_unsupported_model_type_is_refused(tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model type 'llama' is not supported"):
+        load_scorer(str(tmp_path), device="cpu")
+
+
+def test_scorer_options_are_validated(format_scorer):
+    with pytest.raises(ValueError, match="batch_size"):
+        Scorer(format_scorer.loaded, batch_size=0)
+    with pytest.raises(ValueError, match="min_pixels"):
+        Scorer(format_scorer.loaded, min_pixels=10, max_pixels=5)

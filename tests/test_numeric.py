@@ -1,0 +1,188 @@
+import math
+
+import pytest
+import torch
+
+from realqa.numeric import (
+    PARSE_NO_SCORE,
+    PARSE_OK,
+    PARSE_OUT_OF_RANGE,
+    ScoreFormat,
+    digit_expectation,
+    digit_expectation_star,
+    digit_probs,
+    digit_token_ids,
+    map_range,
+    parse_score,
+)
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 2, 3])
+def test_round_trip_on_a_grid(decimals):
+    fmt = ScoreFormat(1, 5, decimals)
+    step = 10.0**-decimals
+    n = int(round((5 - 1) / step))
+    for i in range(n + 1):
+        value = round(1 + i * step, decimals)
+        text = fmt.format(value)
+        assert len(text) == (1 if decimals == 0 else 2 + decimals)
+        assert parse_score(f"The quality score of this image is {text}.", fmt).value == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    "decimals, value, expected",
+    [(2, 3.14159, "3.14"), (2, 2.675, "2.68"), (1, 2.25, "2.3"), (0, 3.5, "4"), (3, 1.0005, "1.001"), (0, 1.49, "1")],
+)
+def test_format_rounds_half_up(decimals, value, expected):
+    assert ScoreFormat(1, 5, decimals).format(value) == expected
+
+
+def test_format_clamps_into_range_and_one_integer_digit():
+    quality = ScoreFormat(1, 5, 2)
+    assert quality.format(0.2) == "1.00"
+    assert quality.format(7.3) == "5.00"
+    assert quality.format(1) == "1.00" and quality.format(5) == "5.00"
+    aesthetics = ScoreFormat(1, 10, 2)
+    assert aesthetics.format(10) == "9.99"
+    assert aesthetics.format(9.996) == "9.99"
+    assert ScoreFormat(1, 10, 0).format(10) == "9"
+    assert ScoreFormat(1, 10, 3).format(12) == "9.999"
+
+
+def test_format_rejects_non_finite_and_bad_formats():
+    with pytest.raises(ValueError, match="non-finite"):
+        ScoreFormat(1, 5).format(float("nan"))
+    with pytest.raises(ValueError, match="decimals"):
+        ScoreFormat(1, 5, 4)
+    with pytest.raises(ValueError, match="low < high"):
+        ScoreFormat(5, 1)
+
+
+def test_digits_are_the_written_digits():
+    assert ScoreFormat(1, 5, 2).digits(3.47) == [3, 4, 7]
+    assert ScoreFormat(1, 10, 1).digits(10) == [9, 9]
+
+
+def test_parse_official_answer_forms():
+    fmt = ScoreFormat(1, 5)
+    assert parse_score("The quality score of this image is 3.47.", fmt) == parse_score(
+        "The quality score of this image is 3.47.", fmt
+    )
+    parsed = parse_score("The quality score of this image is 3.47.", fmt)
+    assert (parsed.value, parsed.status) == (3.47, PARSE_OK)
+    cot = parse_score("Clarity: high. Exposure: good. Composition: balanced. So the score is <4.12>", fmt)
+    assert (cot.value, cot.status) == (4.12, PARSE_OK)
+    assert parse_score("The aesthetic score of this image is 7.05", ScoreFormat(1, 10)).value == 7.05
+
+
+def test_parse_last_score_wins():
+    text = "The quality score of this image is 2.10. On reflection, the quality score of this image is 3.90."
+    assert parse_score(text).value == 3.90
+    assert parse_score("first <1.50> then <4.25>").value == 4.25
+    assert parse_score("The quality score of this image is 2.00, final answer <3.00>").value == 3.00
+
+
+def test_parse_failures_and_out_of_range():
+    for text in ["", "I cannot rate this image.", "score of this image is high", "<>", "The score is excellent."]:
+        parsed = parse_score(text, ScoreFormat(1, 5))
+        assert parsed.value is None and parsed.status == PARSE_NO_SCORE and parsed.text == text
+    parsed = parse_score("The quality score of this image is 7.20.", ScoreFormat(1, 5))
+    assert parsed.value == 7.20 and parsed.status == PARSE_OUT_OF_RANGE  # kept as read, not clamped
+    assert parse_score("3.47", ScoreFormat(1, 5)).value == 3.47  # a bare number is an answer too
+    assert parse_score(" 4. ", ScoreFormat(1, 5)).value == 4.0
+
+
+def test_map_range():
+    assert map_range(0, (0, 100), (1, 5)) == 1
+    assert map_range(100, (0, 100), (1, 5)) == 5
+    assert map_range(50, (0, 100), (1, 5)) == 3
+    assert map_range(0, (100, 0), (1, 5)) == 5  # lower-is-better scale
+    assert map_range(map_range(37.5, (0, 100), (1, 5)), (1, 5), (0, 100)) == pytest.approx(37.5)
+    assert torch.allclose(map_range(torch.tensor([1.0, 10.0]), (1, 10), (1, 5)), torch.tensor([1.0, 5.0]))
+    with pytest.raises(ValueError, match="empty"):
+        map_range(1, (2, 2), (1, 5))
+
+
+# ---------------------------------------------------------------- NCM
+
+DIGIT_IDS = [20 + 2 * d for d in range(10)]  # deliberately scattered, non-contiguous ids
+VOCAB = 50
+
+
+def _logits(rows):
+    """Logits (P, VOCAB): for each position a dict digit -> logit; everything else very low."""
+    logits = torch.full((len(rows), VOCAB), -1e4)
+    for p, row in enumerate(rows):
+        for d in range(10):
+            logits[p, DIGIT_IDS[d]] = row.get(d, 0.0)
+        logits[p, 0] = 50.0  # a non-digit token with the highest logit must be ignored
+    return logits
+
+
+def _direct_expectation(rows):
+    total = 0.0
+    for p, row in enumerate(rows):
+        weights = [math.exp(row.get(d, 0.0)) for d in range(10)]
+        z = sum(weights)
+        total += 10.0**-p * sum(d * w / z for d, w in enumerate(weights))
+    return total
+
+
+def test_ncm_matches_direct_computation():
+    rows = [{3: 4.0, 4: 2.0}, {4: 3.0, 5: 1.0, 9: 0.5}, {7: 2.5, 6: 2.0}]
+    logits = _logits(rows)
+    assert float(digit_expectation(logits, DIGIT_IDS)) == pytest.approx(_direct_expectation(rows), rel=1e-6)
+    probs = digit_probs(logits, DIGIT_IDS)
+    assert probs.shape == (3, 10) and torch.allclose(probs.sum(-1), torch.ones(3))
+
+
+def test_ncm_of_a_certain_model_is_the_number_and_ncm_star_is_zero():
+    rows = [{3: 60.0}, {4: 60.0}, {7: 60.0}]
+    logits = _logits(rows)
+    assert float(digit_expectation(logits, DIGIT_IDS)) == pytest.approx(3.47, abs=1e-6)
+    star = digit_expectation_star(logits, DIGIT_IDS, torch.tensor([3, 4, 7]))
+    assert float(star) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ncm_star_counts_only_wrong_digits():
+    rows = [{3: 1.0, 4: 1.0}, {0: 1.0, 8: 1.0}]  # 3 or 4 (half each, others ~e^0); then 0 or 8
+    logits = _logits(rows)
+    labels = torch.tensor([3, 8])
+    expected = 0.0
+    for p, (row, label) in enumerate(zip(rows, labels.tolist())):
+        weights = [math.exp(row.get(d, 0.0)) for d in range(10)]
+        z = sum(weights)
+        expected += 10.0**-p * sum(d * w / z for d, w in enumerate(weights) if d != label)
+    got = digit_expectation_star(logits, DIGIT_IDS, labels)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ncm_is_batched_and_differentiable():
+    logits = torch.randn(4, 3, VOCAB, requires_grad=True)
+    values = digit_expectation(logits, DIGIT_IDS)
+    assert values.shape == (4,)
+    assert bool(((values >= 0) & (values <= 9.99 + 1e-6)).all())
+    loss = (values - 3.0).pow(2).mean() + digit_expectation_star(logits, DIGIT_IDS, torch.zeros(4, 3)).mean()
+    loss.backward()
+    assert logits.grad is not None
+    assert logits.grad[..., DIGIT_IDS].abs().sum() > 0
+    non_digit = [i for i in range(VOCAB) if i not in DIGIT_IDS]
+    assert logits.grad[..., non_digit].abs().sum() == 0  # only digit logits enter the expectation
+
+
+def test_digit_ids_come_from_the_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = digit_token_ids(tokenizer)
+    assert [tokenizer.decode([i]) for i in ids] == list("0123456789")
+    assert len(set(ids)) == 10
+
+
+def test_digit_ids_reject_a_tokenizer_that_splits_digits():
+    class Splitting:
+        def encode(self, text, add_special_tokens=False):
+            return [1, 2]
+
+    with pytest.raises(ValueError, match="one is required"):
+        digit_token_ids(Splitting())
