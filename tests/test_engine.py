@@ -165,3 +165,16 @@ def test_scorer_options_are_validated(format_scorer):
         Scorer(format_scorer.loaded, batch_size=0)
     with pytest.raises(ValueError, match="min_pixels"):
         Scorer(format_scorer.loaded, min_pixels=10, max_pixels=5)
+
+
+def test_qwen2_5_vl_checkpoints_score_too(tmp_path):
+    from realqa.model import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "q25", architecture="qwen2_5_vl")
+    scorer = load_scorer(str(folder), device="cpu", batch_size=4, **SMALL_PIXELS)
+    assert scorer.loaded.model.config.model_type == "qwen2_5_vl"
+    images = [brightness_image(level) for level in (0.2, 0.5, 0.8)]
+    together = scorer.score(images)
+    alone = [scorer.score([image])[0] for image in images]
+    assert [r.status for r in together] != ["error"] * 3
+    assert [(r.score, r.text) for r in together] == [(r.score, r.text) for r in alone]

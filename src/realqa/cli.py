@@ -19,6 +19,9 @@ def cache_dir() -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars would drown the scoring progress bar
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -57,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-model", help="build the tiny random Qwen2-VL test model into a folder")
     tiny.add_argument("out", help="folder to write")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--architecture", default="qwen2_vl", choices=("qwen2_vl", "qwen2_5_vl"))
     tiny.set_defaults(run=_tiny_model)
     return parser
 
@@ -199,7 +203,7 @@ def _lookup(labels: dict[str, float], key: str) -> float | None:
 def _tiny_model(args) -> int:
     from .model import build_tiny_model
 
-    print(build_tiny_model(args.out, seed=args.seed))
+    print(build_tiny_model(args.out, seed=args.seed, architecture=args.architecture))
     return 0
 
 

@@ -221,14 +221,24 @@ def build_tiny_tokenizer(vocab_size: int = 512):
     return tokenizer
 
 
-def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:
-    """Save a Qwen2-VL-architecture model with random weights, its tokenizer, image processor and card.
+def build_tiny_model(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    layers: int = 2,
+    architecture: str = "qwen2_vl",
+) -> Path:
+    """Save a Qwen2-VL (or Qwen2.5-VL) architecture model with random weights, its tokenizer,
+    image processor and card.
 
     It loads through the same ``from_pretrained`` path as a real checkpoint; its scores are noise.
     """
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2VLConfig
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    if architecture not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"architecture must be one of {', '.join(SUPPORTED_MODEL_TYPES)}, got {architecture!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
@@ -238,42 +248,42 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 6
     # M-RoPE splits each head's rotary half-dimension into (temporal, height, width) sections.
     half = head_dim // 2
     mrope_section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
-    config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 2,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": heads // 2,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope_section},
-            "bos_token_id": None,
-            "eos_token_id": token_id("<|im_end|>"),
-            "pad_token_id": token_id("<|endoftext|>"),
-        },
-        vision_config={
-            "depth": layers,
-            "embed_dim": 32,
-            "hidden_size": hidden_size,
-            "num_heads": 2,
-            "mlp_ratio": 2,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": hidden_size * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads // 2,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope_section},
+        "bos_token_id": None,
+        "eos_token_id": token_id("<|im_end|>"),
+        "pad_token_id": token_id("<|endoftext|>"),
+    }
+    vision_shared = {"depth": layers, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    if architecture == "qwen2_vl":
+        config_class = Qwen2VLConfig
+        vision_config = {**vision_shared, "embed_dim": 32, "hidden_size": hidden_size, "mlp_ratio": 2}
+    else:  # Qwen2.5-VL: windowed attention in the vision tower, full attention in its last block
+        config_class = Qwen2_5_VLConfig
+        vision_config = {**vision_shared, "hidden_size": 32, "intermediate_size": 64, "out_hidden_size": hidden_size,
+                         "window_size": 56, "fullatt_block_indexes": [layers - 1]}
+    config = config_class(
+        text_config=text_config,
+        vision_config=vision_config,
         image_token_id=token_id("<|image_pad|>"),
         video_token_id=token_id("<|video_pad|>"),
         vision_start_token_id=token_id("<|vision_start|>"),
         vision_end_token_id=token_id("<|vision_end|>"),
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config)
+    model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.eos_token_id = token_id("<|im_end|>")
     model.generation_config.pad_token_id = token_id("<|endoftext|>")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS).save_pretrained(out)
-    ModelCard(description=f"Tiny Qwen2-VL-architecture model with random weights (seed {seed}); for tests only: "
+    ModelCard(description=f"Tiny {architecture}-architecture model with random weights (seed {seed}); for tests only: "
                           "its scores are noise.").save(out)
     return out
