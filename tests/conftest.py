@@ -49,13 +49,13 @@ def format_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     levels = np.linspace(0.05, 0.95, 12)
     items, targets = [], []
     for i, level in enumerate(levels):
-        item = scorer._prepare(i, brightness_image(level), f"img{i}", task)
+        item = scorer.examples.build(brightness_image(level), f"img{i}", scorer.prompt_ids(task))
         answer = task.score_format.format(1 + 4 * level) + task.answer_suffix
         answer_ids = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
         item.input_ids = item.input_ids + answer_ids
         items.append(item)
         targets.append(len(answer_ids))
-    batch = scorer._collate(items)  # equal lengths: no padding
+    batch = scorer.collate(items)  # equal lengths: no padding
     labels = torch.full_like(batch["input_ids"], -100)
     for row, n in enumerate(targets):
         labels[row, -n:] = batch["input_ids"][row, -n:]

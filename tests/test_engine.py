@@ -48,10 +48,10 @@ def test_ncm_is_read_at_the_digit_positions(format_scorer):
     assert result.status == "ok" and result.ncm is not None
     task = format_scorer.task("quality")
     loaded = format_scorer.loaded
-    item = format_scorer._prepare(0, image, "x", task)
+    item = format_scorer.examples.build(image, "x", format_scorer.prompt_ids(task))
     answer_ids = loaded.tokenizer.encode(task.score_format.format(result.score), add_special_tokens=False)
     item.input_ids = item.input_ids + answer_ids
-    batch = format_scorer._collate([item])
+    batch = format_scorer.collate([item])
     with torch.no_grad():
         logits = loaded.model(**batch).logits[0]
     start = len(item.input_ids) - len(answer_ids)
@@ -144,7 +144,7 @@ def test_lora_adapter_loads_and_changes_the_model(tiny_model_dir, tmp_path):
     peft_model.save_pretrained(adapter_dir)
     base_scorer = load_scorer(str(tiny_model_dir), device="cpu", **SMALL_PIXELS)
     tuned_scorer = load_scorer(str(tiny_model_dir), adapter=str(adapter_dir), device="cpu", **SMALL_PIXELS)
-    batch = tuned_scorer._collate([tuned_scorer._prepare(0, brightness_image(0.5), "x", tuned_scorer.task("quality"))])
+    batch = tuned_scorer.collate([tuned_scorer.examples.build(brightness_image(0.5), "x", tuned_scorer.prompt_ids(tuned_scorer.task("quality")))])
     with torch.no_grad():
         tuned = tuned_scorer.loaded.model(**batch).logits
         plain = base_scorer.loaded.model(**batch).logits

@@ -7,31 +7,20 @@ give the digit distributions, hence the NCM expected score, at no extra cost.
 
 from __future__ import annotations
 
-import inspect
 import re
-from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from .batching import Example, ExampleBuilder, accepts_token_types, collate
 from .chat import scoring_prompt
-from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError, load_image
+from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError
 from .model import MAX_PIXELS, MIN_PIXELS, ScoringModel, load_model
 from .numeric import PARSE_NO_SCORE, digit_expectation, parse_score
 from .results import ScoreResult
 from .tasks import Task
 
 ImageInput = "str | os.PathLike | PIL.Image.Image"
-
-
-@dataclass
-class _Prepared:
-    """One image turned into model inputs: prompt ids with the image tokens expanded, and its patches."""
-
-    index: int
-    input_ids: list[int]
-    pixel_values: torch.Tensor
-    image_grid_thw: torch.Tensor
 
 
 class Scorer:
@@ -48,20 +37,17 @@ class Scorer:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 < min_pixels <= max_pixels:
-            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels} and {max_pixels}")
         self.loaded = loaded
         self.batch_size = batch_size
-        self.image_size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-        self.max_image_pixels = max_image_pixels
-        config = loaded.model.config
-        self._image_token_id = config.image_token_id
+        self._image_token_id = loaded.model.config.image_token_id
+        self.examples = ExampleBuilder(
+            loaded.image_processor, self._image_token_id,
+            min_pixels=min_pixels, max_pixels=max_pixels, max_image_pixels=max_image_pixels,
+        )
         self._pad_id = loaded.tokenizer.pad_token_id
         if self._pad_id is None:
             self._pad_id = loaded.tokenizer.eos_token_id
-        self._merge = getattr(loaded.image_processor, "merge_size", 2)
-        # transformers >= 5.2x wants mm_token_type_ids for M-RoPE; older 5.x releases do not accept it.
-        self._pass_token_types = "mm_token_type_ids" in inspect.signature(loaded.model.forward).parameters
+        self._token_types = accepts_token_types(loaded.model)
         self._prompts: dict[tuple[str, int], list[int]] = {}
 
     @property
@@ -113,19 +99,20 @@ class Scorer:
 
     def _score_chunk(self, chunk: Sequence[tuple[int, ImageInput]], task: Task) -> list[ScoreResult]:
         results: dict[int, ScoreResult] = {}
-        prepared: list[_Prepared] = []
+        prepared: dict[int, Example] = {}
         labels = {index: _label(index, image) for index, image in chunk}
+        prompt = self.prompt_ids(task)
         for index, image in chunk:
             try:
-                prepared.append(self._prepare(index, image, labels[index], task))
+                prepared[index] = self.examples.build(image, labels[index], prompt)
             except MediaError as err:
                 results[index] = ScoreResult.failed(labels[index], task.name, str(err))
         if prepared:
-            for item, result in zip(prepared, self._generate(prepared, task, labels)):
-                results[item.index] = result
+            generated = self._generate(list(prepared.values()), task, [labels[i] for i in prepared])
+            results.update(zip(prepared, generated))
         return [results[index] for index, _ in chunk]
 
-    def _prompt_ids(self, task: Task) -> list[int]:
+    def prompt_ids(self, task: Task) -> list[int]:
         key = (task.name, task.decimals)
         if key not in self._prompts:
             tokenizer = self.loaded.tokenizer
@@ -142,40 +129,16 @@ class Scorer:
             self._prompts[key] = ids
         return self._prompts[key]
 
-    def _prepare(self, index: int, image: ImageInput, label: str, task: Task) -> _Prepared:
-        picture = load_image(image, max_pixels=self.max_image_pixels, label=label)
-        try:
-            features = self.loaded.image_processor(images=[picture], size=self.image_size, return_tensors="pt")
-        except ValueError as err:  # e.g. an aspect ratio beyond what the processor accepts
-            raise MediaError(label, f"image cannot be preprocessed ({err})") from None
-        grid = features["image_grid_thw"]
-        num_tokens = int(grid[0].prod()) // self._merge**2
-        ids = self._prompt_ids(task)
-        at = ids.index(self._image_token_id)
-        expanded = ids[:at] + [self._image_token_id] * num_tokens + ids[at + 1 :]
-        return _Prepared(index, expanded, features["pixel_values"], grid)
-
-    def _collate(self, items: Sequence[_Prepared]) -> dict[str, torch.Tensor]:
-        """Left-pad the prompts so every row's next token is generated at the same position."""
-        longest = max(len(item.input_ids) for item in items)
-        input_ids = torch.full((len(items), longest), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
-        for row, item in enumerate(items):
-            input_ids[row, longest - len(item.input_ids) :] = torch.tensor(item.input_ids)
-            attention_mask[row, longest - len(item.input_ids) :] = 1
-        device, dtype = self.loaded.device, self.loaded.dtype
-        batch = {
-            "input_ids": input_ids.to(device),
-            "attention_mask": attention_mask.to(device),
-            "pixel_values": torch.cat([item.pixel_values for item in items]).to(device, dtype),
-            "image_grid_thw": torch.cat([item.image_grid_thw for item in items]).to(device),
-        }
-        if self._pass_token_types:
-            batch["mm_token_type_ids"] = (batch["input_ids"] == self._image_token_id).long()
+    def collate(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        """Left-padded batch on the model's device and dtype."""
+        batch = collate(examples, pad_id=self._pad_id, image_token_id=self._image_token_id,
+                        padding_side="left", token_types=self._token_types)
+        batch = {key: value.to(self.loaded.device) for key, value in batch.items()}
+        batch["pixel_values"] = batch["pixel_values"].to(self.loaded.dtype)
         return batch
 
     @torch.inference_mode()
-    def _generate(self, items: Sequence[_Prepared], task: Task, labels: dict[int, str]) -> list[ScoreResult]:
+    def _generate(self, items: Sequence[Example], task: Task, labels: Sequence[str]) -> list[ScoreResult]:
         from transformers import GenerationConfig
 
         fmt = task.score_format
@@ -190,13 +153,13 @@ class Scorer:
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=self._pad_id,
         )
-        batch = self._collate(items)
+        batch = self.collate(items)
         output = self.loaded.model.generate(**batch, generation_config=config)
         new_tokens = output.sequences[:, batch["input_ids"].shape[1] :].cpu()
         logits = torch.stack(output.logits, dim=1)  # (batch, steps, vocab), raw: before any processor
         number_shape = re.compile(r"\d\.\d{%d}" % fmt.decimals if fmt.decimals else r"\d")
         results = []
-        for row, item in enumerate(items):
+        for row, label in enumerate(labels):
             tokens = new_tokens[row].tolist()
             if tokenizer.eos_token_id in tokens:
                 tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
@@ -209,7 +172,7 @@ class Scorer:
                 written = tokenizer.decode(tokens[: digit_positions[-1] + 1], skip_special_tokens=True)
                 if number_shape.fullmatch(written):
                     ncm = float(digit_expectation(logits[row, digit_positions], self.loaded.digit_ids))
-            results.append(ScoreResult(labels[item.index], task.name, parsed.value, ncm, parsed.status, text))
+            results.append(ScoreResult(label, task.name, parsed.value, ncm, parsed.status, text))
         return results
 
 
