@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny random model, and a copy of it taught the answer format.
+"""Shared fixtures: the tiny random model, and a copy of it trained on the toy brightness task.
 
 Both are saved to disk and loaded through ``from_pretrained``, the path a real checkpoint takes.
 """
@@ -7,10 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from realqa.engine import Scorer
 from realqa.model import build_tiny_model, load_model
@@ -27,53 +24,28 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
-def brightness_image(level: float, size=(112, 112)) -> Image.Image:
-    """A textured image whose mean brightness is ``level`` (0..1)."""
-    rng = np.random.default_rng(int(level * 1000))
-    noise = rng.normal(0, 12, (size[1], size[0], 3))
-    pixels = np.clip(level * 255 + noise, 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB")
+@pytest.fixture(scope="session")
+def toy_dataset(tmp_path_factory) -> tuple[Path, Path]:
+    """(train manifest, test manifest) of the learnable brightness -> quality toy set."""
+    from toy_data import write_toy_dataset
+
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"))
 
 
 @pytest.fixture(scope="session")
-def format_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model after a short teacher-forced fit on "The quality score of this image is d.dd.".
+def format_model_dir(tiny_model_dir, toy_dataset, tmp_path_factory) -> Path:
+    """The tiny model fully fine-tuned with ``realqa.train`` on the toy set.
 
-    The score to learn is brightness mapped to 1..5, so answers are well-formed numbers that
-    depend on the image: enough to exercise parsing, NCM and batching on real outputs.
+    Its answers are well-formed numbers that depend on the image: enough to exercise parsing,
+    NCM and batching on real model outputs.
     """
-    loaded = load_model(tiny_model_dir, device="cpu")
-    scorer = Scorer(loaded, **SMALL_PIXELS)
-    task = scorer.task("quality")
-    tokenizer = loaded.tokenizer
-    levels = np.linspace(0.05, 0.95, 12)
-    items, targets = [], []
-    for i, level in enumerate(levels):
-        item = scorer.examples.build(brightness_image(level), f"img{i}", scorer.prompt_ids(task))
-        answer = task.score_format.format(1 + 4 * level) + task.answer_suffix
-        answer_ids = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
-        item.input_ids = item.input_ids + answer_ids
-        items.append(item)
-        targets.append(len(answer_ids))
-    batch = scorer.collate(items)  # equal lengths: no padding
-    labels = torch.full_like(batch["input_ids"], -100)
-    for row, n in enumerate(targets):
-        labels[row, -n:] = batch["input_ids"][row, -n:]
-    model = loaded.model
-    model.train()
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(150):
-        loss = model(**batch, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    from realqa.train import load_config, train
+
     out = tmp_path_factory.mktemp("format-model")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    loaded.image_processor.save_pretrained(out)
-    loaded.card.save(out)
+    overrides = [f"model={tiny_model_dir}", f"output_dir={out}", f"train=[{toy_dataset[0]}]", "finetuning=full",
+                 "learning_rate=3e-3", "epochs=20", "per_device_batch_size=8", "gradient_accumulation_steps=1",
+                 "save_steps=100000", "gradient_checkpointing=false", *(f"{k}={v}" for k, v in SMALL_PIXELS.items())]
+    train(load_config(None, overrides), log=lambda message: None)
     return out
 
 

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from bad_inputs import write_bad_inputs, write_unusual_inputs
-from conftest import EXAMPLE_PHOTOS, SMALL_PIXELS, brightness_image
+from conftest import EXAMPLE_PHOTOS, SMALL_PIXELS
+from toy_data import brightness_image
 from realqa import load_scorer
 from realqa.chat import scoring_prompt
 from realqa.engine import Scorer
@@ -105,13 +106,15 @@ def test_pil_inputs_and_single_inputs(format_scorer):
 
 
 def test_unknown_task_names_the_choices(format_scorer):
-    with pytest.raises(ValueError, match="unknown task 'sharpness'.*quality, aesthetics"):
+    with pytest.raises(ValueError, match="unknown task .sharpness.; this model answers: quality"):
         format_scorer.score([brightness_image(0.5)], task="sharpness")
 
 
-def test_prompt_comes_from_chat_template_and_task(format_scorer):
-    task = format_scorer.task("aesthetics")
-    prompt = scoring_prompt(format_scorer.loaded.tokenizer, task)
+def test_prompt_comes_from_chat_template_and_task(tiny_model_dir):
+    from realqa.tasks import AESTHETICS
+    from transformers import AutoTokenizer
+
+    prompt = scoring_prompt(AutoTokenizer.from_pretrained(tiny_model_dir), AESTHETICS)
     assert "from 1 to 10" in prompt
     assert prompt.endswith("<|im_start|>assistant\nThe aesthetic score of this image is ")
     assert prompt.count("<|image_pad|>") == 1

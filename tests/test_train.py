@@ -1,0 +1,207 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SMALL_PIXELS
+from realqa import load_scorer
+from realqa.cli import main
+from realqa.data.manifest import read_manifest, write_manifest
+from realqa.train import AnswerEncoder, load_config, lora_targets, mix_sources, train, DataSource, TrainItem
+
+PIXELS = [f"min_pixels={SMALL_PIXELS['min_pixels']}", f"max_pixels={SMALL_PIXELS['max_pixels']}"]
+
+
+@pytest.fixture
+def toy(toy_dataset):
+    return toy_dataset
+
+
+def _overrides(model, out, train_manifest, *extra):
+    return [f"model={model}", f"output_dir={out}", f"train=[{train_manifest}]", "per_device_batch_size=8",
+            "gradient_accumulation_steps=1", "logging_steps=6", "save_steps=1000", "gradient_checkpointing=false",
+            *PIXELS, *extra]
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_defaults_follow_the_official_recipe(tmp_path):
+    config = load_config(None, ["model=m", "output_dir=o", "train=[a.jsonl]"])
+    assert (config.finetuning, config.lora.rank, config.lora.dropout, config.lr) == ("lora", 128, 0.15, 1e-4)
+    assert config.lora.effective_alpha == 256 and config.train_vision_tower
+    assert (config.per_device_batch_size, config.gradient_accumulation_steps, config.epochs) == (2, 8, 2.0)
+    assert (config.lr_scheduler, config.warmup_ratio, config.decimals) == ("cosine", 0.1, 2)
+    assert load_config(None, ["model=m", "output_dir=o", "train=[a.jsonl]", "finetuning=full"]).lr == 1e-5
+
+
+def test_yaml_config_with_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: base\noutput_dir: out\ntrain:\n  - {manifest: a.jsonl, weight: 2}\n  - b.jsonl\n"
+                    "lora: {rank: 64}\nlearning_rate: 2e-4\n")
+    config = load_config(path, ["lora.dropout=0.05", "epochs=6"])
+    assert [s.manifest for s in config.train] == ["a.jsonl", "b.jsonl"] and config.train[0].weight == 2
+    assert (config.lora.rank, config.lora.dropout, config.epochs, config.lr) == (64, 0.05, 6, 2e-4)
+
+
+@pytest.mark.parametrize("override, named", [("learning_rat=1", "learning_rat"), ("lora.rnk=4", "lora.rnk"),
+                                             ("train=[{manifest: a, wieght: 2}]", "train[0].wieght")])
+def test_unknown_config_keys_fail_at_start_naming_the_key(override, named):
+    with pytest.raises(ValueError, match=f"unknown key.*{named.replace('[', '.').replace(']', '.')}"):
+        load_config(None, ["model=m", "output_dir=o", "train=[a.jsonl]", override])
+
+
+def test_shipped_configs_load():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        config = load_config(path, ["model=m", "output_dir=o"])
+        assert config.train, path
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_answer_encoder_masks_the_question_and_finds_the_digits(tiny_model_dir):
+    from realqa.model import load_model
+
+    loaded = load_model(tiny_model_dir, device="cpu")
+    encoder = AnswerEncoder(loaded.tokenizer, loaded.card.tasks, 2, loaded.digit_ids)
+    ids, labels, digits = encoder.encode("quality", 3.4712)
+    supervised = loaded.tokenizer.decode([t for t in labels if t != -100])
+    assert supervised == "The quality score of this image is 3.47.<|im_end|>"
+    assert [loaded.tokenizer.decode([ids[p]]) for p in digits] == ["3", "4", "7"]
+    assert all(label == -100 for label in labels[: digits[0] - 9])
+    with pytest.raises(ValueError, match="outside the quality range"):
+        encoder.encode("quality", 5.5)
+
+
+def test_mixing_weights_repeat_and_subsample():
+    a = [TrainItem(f"a{i}", "quality", 1.0, "a") for i in range(10)]
+    b = [TrainItem(f"b{i}", "quality", 1.0, "b") for i in range(10)]
+    mixed = mix_sources([(DataSource("a", weight=2), a), (DataSource("b", weight=0.5), b)], seed=0)
+    assert sum(i.source == "a" for i in mixed) == 20 and sum(i.source == "b" for i in mixed) == 5
+    assert mixed == mix_sources([(DataSource("a", weight=2), a), (DataSource("b", weight=0.5), b)], seed=0)
+
+
+def test_bad_samples_are_reported_before_training(tiny_model_dir, toy, tmp_path):
+    train_manifest, _ = toy
+    dataset = read_manifest(train_manifest)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    samples = list(dataset.samples)
+    samples[2] = samples[2].__class__(**{**samples[2].to_dict(), "image": str(broken / "gone.png")})
+    (broken / "empty.png").write_bytes(b"")
+    samples[3] = samples[3].__class__(**{**samples[3].to_dict(), "image": str(broken / "empty.png")})
+    dataset.samples = samples
+    manifest = write_manifest(dataset, broken / "train.jsonl")
+    with pytest.raises(ValueError, match=r"2 image\(s\) cannot be used") as caught:
+        train(load_config(None, _overrides(tiny_model_dir, tmp_path / "o", manifest)), log=lambda m: None)
+    assert "gone.png: file not found" in str(caught.value) and "empty.png: file is empty" in str(caught.value)
+
+    samples[2] = samples[2].__class__(**{**dataset.samples[0].to_dict(), "scores": {"quality": math.nan}})
+    dataset.samples = samples
+    manifest = write_manifest(dataset, broken / "nan.jsonl")
+    with pytest.raises(ValueError, match=r"sample 3 \(toy_000\): score nan is not a finite number"):
+        train(load_config(None, _overrides(tiny_model_dir, tmp_path / "o", manifest)), log=lambda m: None)
+
+
+def test_lora_targets_cover_language_model_and_vision_blocks_not_the_projector(tiny_model_dir):
+    from realqa.model import load_model
+
+    model = load_model(tiny_model_dir, device="cpu").model
+    with_vision = lora_targets(model, train_vision_tower=True)
+    without = lora_targets(model, train_vision_tower=False)
+    assert any(n.endswith("self_attn.q_proj") for n in without) and any(n.endswith("mlp.down_proj") for n in without)
+    assert not any("visual" in n for n in without) and any("visual.blocks" in n for n in with_vision)
+    assert not any("merger" in n or "lm_head" in n for n in with_vision)
+
+
+# ---------------------------------------------------------------- training runs
+
+
+def test_full_finetune_learns_the_toy_task(tiny_model_dir, toy, tmp_path):
+    """Brightness -> score is learnable. Threshold: with 16 held-out images, SRCC >= 0.6 has a chance
+    probability below 1% under no association (critical value ~0.59 at p = 0.01, one-sided)."""
+    train_manifest, test_manifest = toy
+    result = train(load_config(None, _overrides(tiny_model_dir, tmp_path / "full", train_manifest, f"eval=[{test_manifest}]",
+                                                "finetuning=full", "learning_rate=3e-3", "epochs=20")), log=lambda m: None)
+    losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
+    assert losses[-1] < losses[0] / 5
+    final = result.held_out[-1]
+    assert final["heldout_test_rows"] == 16 and final["heldout_test_failed"] == 0
+    assert final["heldout_test_srcc"] >= 0.6, final
+    evaluation = [entry for entry in result.log_history if "eval_ncm_mae" in entry][-1]
+    assert 0 <= evaluation["eval_ncm_mae"] < 1.5 and evaluation["eval_ncm_star"] >= 0
+    card = json.loads((tmp_path / "full" / "realqa_card.json").read_text())
+    assert card["tasks"]["quality"]["decimals"] == 2 and card["trained_on"] == [str(train_manifest)]
+
+
+def test_lora_adapter_round_trips_through_realqa_score(tiny_model_dir, toy, tmp_path):
+    train_manifest, test_manifest = toy
+    out = tmp_path / "lora"
+    result = train(load_config(None, _overrides(tiny_model_dir, out, train_manifest, "lora.rank=8", "learning_rate=1e-2",
+                                                "max_steps=30", "ncm_loss_weight=0.1")), log=lambda m: None)
+    assert (out / "adapter_config.json").is_file() and (out / "realqa_card.json").is_file()
+    images = [str(read_manifest(test_manifest).image_path(s)) for s in read_manifest(test_manifest).samples][:8]
+
+    from realqa.engine import Scorer
+    from realqa.model import ModelCard, ScoringModel, load_model
+
+    base = load_model(tiny_model_dir, device="cpu")
+    result.model.eval()
+    in_process = Scorer(ScoringModel(result.model, base.tokenizer, base.image_processor, ModelCard(), base.digit_ids, "x"),
+                        **SMALL_PIXELS).score(images)
+    scores_file = tmp_path / "scores.jsonl"
+    pixel_args = ["--min-pixels", str(SMALL_PIXELS["min_pixels"]), "--max-pixels", str(SMALL_PIXELS["max_pixels"])]
+    assert main(["score", *images, "--model", str(tiny_model_dir), "--adapter", str(out), "--out", str(scores_file),
+                 "--quiet", *pixel_args]) == 0
+    loaded = [json.loads(line) for line in scores_file.read_text().splitlines()]
+    assert [r["text"] for r in loaded] == [r.text for r in in_process]
+    assert [r["score"] for r in loaded] == [r.score for r in in_process]
+    for row, result_row in zip(loaded, in_process):
+        assert (row["ncm"] is None) == (result_row.ncm is None)
+        if row["ncm"] is not None:
+            assert row["ncm"] == pytest.approx(result_row.ncm, abs=1e-3)
+
+
+def test_resume_from_checkpoint_continues(tiny_model_dir, toy, tmp_path):
+    train_manifest, _ = toy
+    out = tmp_path / "resume"
+    common = _overrides(tiny_model_dir, out, train_manifest, "finetuning=full", "save_steps=4", "learning_rate=1e-3")
+    first = train(load_config(None, [*common, "max_steps=4"]), log=lambda m: None)
+    assert first.steps == 4 and (out / "checkpoint-4").is_dir()
+    second = train(load_config(None, [*common, "max_steps=8", "resume_from_checkpoint=latest"]), log=lambda m: None)
+    assert second.steps == 8
+    logged_steps = [entry["step"] for entry in second.log_history if "loss" in entry]
+    assert min(logged_steps) > 4  # the steps before the checkpoint were not run again
+
+
+def test_train_command_line(tiny_model_dir, toy, tmp_path, capsys):
+    train_manifest, _ = toy
+    code = main(["train", *_overrides(tiny_model_dir, tmp_path / "cli", train_manifest, "max_steps=2", "finetuning=full"),
+                 "--decimals", "1"])
+    assert code == 0
+    assert "trained 2 steps" in capsys.readouterr().err
+    card = json.loads((tmp_path / "cli" / "realqa_card.json").read_text())
+    assert card["tasks"]["quality"]["decimals"] == 1
+    assert main(["train", "model=m", "output_dir=o", "train=[a.jsonl]", "bogus=1"]) == 2
+    assert "unknown key(s) bogus" in capsys.readouterr().err
+
+
+def test_two_processes_end_with_identical_weights(tiny_model_dir, toy, tmp_path):
+    train_manifest, _ = toy
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29513",
+               str(ROOT / "tests" / "dist_train.py"), str(out),
+               *[o for o in _overrides(tiny_model_dir, out, train_manifest, "lora.rank=4", "max_steps=6", "per_device_batch_size=4")
+                 if not o.startswith("output_dir=")]]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    digests = [(out / f"digest_rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert digests[0][2] == digests[1][2] == "2"  # both ran in one 2-process group
+    assert digests[0][1] == digests[1][1] == "6"
+    assert digests[0][0] == digests[1][0]
