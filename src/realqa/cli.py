@@ -1,4 +1,4 @@
-"""Command line: ``realqa score | eval | tiny-model``."""
+"""Command line: ``realqa score | eval | train | data | bench | tiny-model``."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--out", help="write rows to FILE.csv or FILE.jsonl (one row per input, in input order)")
     score.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     score.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
-    score.add_argument("--min-pixels", type=int, help="image processor lower pixel bound (default 200704)")
-    score.add_argument("--max-pixels", type=int, help="image processor upper pixel bound (default 401408)")
+    score.add_argument("--min-pixels", type=int, help="image processor lower pixel bound (default: the model card's, else 200704)")
+    score.add_argument("--max-pixels", type=int, help="image processor upper pixel bound (default: the model card's, else 401408)")
     score.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     score.set_defaults(run=_score)
 
@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     trainer.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nested keys: lora.rank=64")
     trainer.add_argument("--decimals", type=int, help="target precision 0..3 (the paper's ablation); same as decimals=K")
     trainer.set_defaults(run=_train)
+
+    from .data.commands import add_commands
+
+    add_commands(commands)  # data list | prepare | export-llamafactory | import-llamafactory, and bench
 
     tiny = commands.add_parser("tiny-model", help="build the tiny random Qwen2-VL test model into a folder")
     tiny.add_argument("out", help="folder to write")

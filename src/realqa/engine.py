@@ -15,7 +15,7 @@ import torch
 from .batching import Example, ExampleBuilder, accepts_token_types, collate
 from .chat import scoring_prompt
 from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError
-from .model import MAX_PIXELS, MIN_PIXELS, ScoringModel, load_model
+from .model import ScoringModel, load_model
 from .numeric import PARSE_NO_SCORE, digit_expectation, parse_score
 from .results import ScoreResult
 from .tasks import Task
@@ -31,8 +31,8 @@ class Scorer:
         loaded: ScoringModel,
         *,
         batch_size: int = 8,
-        min_pixels: int = MIN_PIXELS,
-        max_pixels: int = MAX_PIXELS,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ):
         if batch_size < 1:
@@ -42,7 +42,9 @@ class Scorer:
         self._image_token_id = loaded.model.config.image_token_id
         self.examples = ExampleBuilder(
             loaded.image_processor, self._image_token_id,
-            min_pixels=min_pixels, max_pixels=max_pixels, max_image_pixels=max_image_pixels,
+            min_pixels=min_pixels or loaded.card.min_pixels,
+            max_pixels=max_pixels or loaded.card.max_pixels,
+            max_image_pixels=max_image_pixels,
         )
         self._pad_id = loaded.tokenizer.pad_token_id
         if self._pad_id is None:
@@ -192,7 +194,8 @@ def load_scorer(
 ) -> Scorer:
     """Load a Qwen2-VL / Qwen2.5-VL checkpoint (folder or hub id), an optional LoRA adapter, and wrap it.
 
-    ``scorer_options`` go to :class:`Scorer`: ``batch_size``, ``min_pixels``, ``max_pixels``,
+    ``scorer_options`` go to :class:`Scorer`: ``batch_size``, ``min_pixels``, ``max_pixels`` (default:
+    the bounds in the model card, else RealQA's),
     ``max_image_pixels``.
     """
     return Scorer(load_model(model, adapter, device=device, dtype=dtype), **scorer_options)

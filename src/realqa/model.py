@@ -31,6 +31,9 @@ class ModelCard:
     tasks: dict[str, Task] = field(default_factory=lambda: dict(DEFAULT_TASKS))
     description: str = ""
     trained_on: list[str] = field(default_factory=list)
+    # The image processor's pixel bounds the model was trained with; scoring uses them by default.
+    min_pixels: int = MIN_PIXELS
+    max_pixels: int = MAX_PIXELS
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -38,6 +41,8 @@ class ModelCard:
             "tasks": {name: task.to_dict() for name, task in self.tasks.items()},
             "description": self.description,
             "trained_on": self.trained_on,
+            "min_pixels": self.min_pixels,
+            "max_pixels": self.max_pixels,
             **self.extra,
         }
 
@@ -49,6 +54,8 @@ class ModelCard:
             tasks=tasks or dict(DEFAULT_TASKS),
             description=data.pop("description", ""),
             trained_on=list(data.pop("trained_on", [])),
+            min_pixels=int(data.pop("min_pixels", MIN_PIXELS)),
+            max_pixels=int(data.pop("max_pixels", MAX_PIXELS)),
             extra=data,
         )
 

@@ -94,6 +94,7 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None  # a checkpoint folder, or "latest" for the newest in output_dir
     deepspeed: str | None = None
     report_to: str = "none"
+    progress_bar: bool = True
 
     def __post_init__(self) -> None:
         if self.finetuning not in DEFAULT_LR:
@@ -566,6 +567,7 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,  # the collator's extra keys must reach compute_loss
         report_to=config.report_to,
+        disable_tqdm=not config.progress_bar,
         deepspeed=config.deepspeed,
         ddp_find_unused_parameters=False,
         **_precision(config),
@@ -623,6 +625,8 @@ def _save(trainer, loaded: ScoringModel, config: TrainConfig, tasks: dict[str, T
         tasks={name: tasks[name] for name in used},
         description=f"{config.finetuning} fine-tune of {config.model} with realqa",
         trained_on=[source.manifest for source in config.train],
+        min_pixels=config.min_pixels,
+        max_pixels=config.max_pixels,
         extra={"base_model": config.model, "finetuning": config.finetuning, "train_config": config.to_dict()},
     )
     card.save(out)

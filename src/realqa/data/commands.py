@@ -1,0 +1,186 @@
+"""Command line: ``realqa data list | prepare | export-llamafactory | import-llamafactory`` and ``realqa bench``.
+
+:func:`add_commands` adds both commands to the main parser's subparsers; each sets ``run`` to a
+function ``(args) -> exit code``. Errors are raised as ValueError/OSError for the main CLI to print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import export_sharegpt, get_adapter, import_sharegpt, names, prepare, read_manifest, write_manifest
+from .adapter import SPLIT_STRATEGIES
+from .problems import DataError
+
+
+def add_commands(subparsers) -> None:
+    """Add ``data`` and ``bench`` to an ``argparse`` subparsers object."""
+    data = subparsers.add_parser("data", help="list, prepare, export and import datasets")
+    commands = data.add_subparsers(dest="data_command", required=True)
+
+    listing = commands.add_parser("list", help="the dataset adapters and their options")
+    listing.set_defaults(run=_list)
+
+    prep = commands.add_parser("prepare", help="validate a dataset and write its split manifests and report")
+    prep.add_argument("name", help="dataset name (see `realqa data list`)")
+    prep.add_argument("--root", help="dataset folder (label file found inside; images checked)")
+    prep.add_argument("--out", required=True, help="output folder; files go to OUT/<dataset>/")
+    _add_load_options(prep)
+    prep.set_defaults(run=_prepare)
+
+    export = commands.add_parser("export-llamafactory", help="write a manifest as LLaMA-Factory sharegpt JSON")
+    export.add_argument("manifest", help="a .jsonl manifest written by `data prepare`")
+    export.add_argument("--out", required=True, help="sharegpt .json file; dataset_info.json is updated beside it")
+    export.add_argument("--decimals", type=int, default=2, help="decimals in the answers (default 2)")
+    export.add_argument("--media-dir", help="write image paths relative to this folder (LLaMA-Factory media_dir)")
+    export.add_argument("--name", help="entry name in dataset_info.json (default: the file's stem)")
+    export.add_argument("--root", help="dataset root, when the images moved since preparing")
+    export.set_defaults(run=_export)
+
+    imp = commands.add_parser("import-llamafactory", help="read sharegpt files back into a manifest")
+    imp.add_argument("files", nargs="+", help="sharegpt .json/.jsonl files")
+    imp.add_argument("--out", required=True, help="manifest .jsonl to write (its .meta.json goes beside it)")
+    imp.add_argument("--media-dir", help="folder relative image paths start from; images are then checked")
+    imp.add_argument("--split-name", default="train", help="split of the imported samples (default train)")
+    imp.add_argument("--name", help="dataset name (default: the first file's stem)")
+    imp.set_defaults(run=_import)
+
+    bench = subparsers.add_parser("bench", help="score prepared test splits and report SRCC/PLCC per dataset")
+    bench.add_argument("--model", required=True, help="model folder or hub id")
+    bench.add_argument("--adapter", help="PEFT LoRA adapter folder")
+    bench.add_argument("--datasets", required=True, help="comma-separated dataset names or manifest paths")
+    bench.add_argument("--data-root", help="folder holding one folder per dataset (e.g. DATA/koniq10k)")
+    bench.add_argument("--prepared", help="folder of `data prepare` output (PREPARED/<dataset>/test.jsonl)")
+    bench.add_argument("--out", required=True, help="folder for predictions, bench.csv and bench.md")
+    bench.add_argument("--split", help="split to score (default: test, else all)")
+    bench.add_argument("--decimals", type=int, help="decimals in the answer (default: the model card's)")
+    bench.add_argument("--batch-size", type=int, default=8)
+    bench.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
+    bench.add_argument("--dtype", help="bf16, fp16 or fp32")
+    bench.add_argument("--min-pixels", type=int, help="image processor lower pixel bound")
+    bench.add_argument("--max-pixels", type=int, help="image processor upper pixel bound")
+    bench.add_argument("--limit", type=int, help="score only the first N images of each dataset (smoke runs)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(run=_bench)
+
+
+def _add_load_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", nargs="+", help="label file(s) to use instead of searching the root")
+    parser.add_argument("--split", choices=SPLIT_STRATEGIES, help="split rule (default: the dataset's convention)")
+    parser.add_argument("--seed", type=int, help="seed of a random split")
+    parser.add_argument("--ratios", help="random split ratios, e.g. 0.8,0.2 or 0.7,0.1,0.2")
+    parser.add_argument("--image-dir", help="image folder under the root (default: found automatically)")
+    parser.add_argument("--check-decode", action="store_true", help="decode every image fully (slower)")
+    parser.add_argument("--image-column", help="generic/realqa: column naming the image")
+    parser.add_argument("--score-column", action="append", metavar="TASK=COLUMN", help="generic: score column")
+    parser.add_argument("--native-range", action="append", metavar="LO,HI", help="generic: native range (or TASK=LO,HI)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an adapter option")
+
+
+def _load_options(args) -> dict:
+    options = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        options[key.strip().replace("-", "_")] = value
+    for key, value in (("image_column", args.image_column), ("score_columns", args.score_column),
+                       ("native_range", args.native_range)):
+        if value:
+            options[key] = value
+    return dict(options, labels=args.labels, split=args.split, seed=args.seed, ratios=args.ratios,
+                image_dir=args.image_dir, check_decode=args.check_decode)
+
+
+# ---------------------------------------------------------------- data
+
+
+def _list(args) -> int:
+    for name in names():
+        adapter = get_adapter(name)
+        print(f"{name:<13} {adapter.task:<10} {adapter.media:<5} split: {adapter.default_split:<8} {adapter.description}")
+        for option in adapter.options:
+            default = "" if option.default in (None, ()) else f" (default: {option.default})"
+            print(f"{'':<13} --set {option.name}=...  {option.help}{default}")
+    return 0
+
+
+def _prepare(args) -> int:
+    dataset, paths = prepare(args.name, args.root, args.out, **_load_options(args))
+    report = dataset.report
+    print(report.summary())
+    for split, path in paths.items():
+        print(f"wrote {path} ({dataset.split_counts()[split]} samples)")
+    print(f"validation report: {Path(args.out) / dataset.name / 'report.txt'} ({len(report.problems)} rows excluded)")
+    return 0
+
+
+def _export(args) -> int:
+    dataset = read_manifest(args.manifest, root=args.root)
+    entry = export_sharegpt(dataset, args.out, decimals=args.decimals, media_dir=args.media_dir, name=args.name)
+    count = sum(len(sample.scores) for sample in dataset.samples)
+    print(f"wrote {args.out} ({count} conversations from {len(dataset)} samples); "
+          f"registered as {args.name or Path(args.out).stem!r} in {Path(args.out).parent / 'dataset_info.json'}")
+    print(f"file_name: {entry['file_name']}")
+    return 0
+
+
+def _import(args) -> int:
+    dataset = import_sharegpt(args.files, media_dir=args.media_dir, split_name=args.split_name,
+                             dataset_name=args.name)
+    print(dataset.report.summary())
+    write_manifest(dataset, args.out)
+    print(f"wrote {args.out} ({len(dataset)} samples)")
+    return 0
+
+
+# ---------------------------------------------------------------- bench
+
+
+def _bench(args) -> int:
+    from ..engine import load_scorer
+    from .bench import run_bench
+
+    datasets = [(entry, _bench_dataset(entry.strip(), args)) for entry in args.datasets.split(",") if entry.strip()]
+    options = {"batch_size": args.batch_size}
+    if args.min_pixels:
+        options["min_pixels"] = args.min_pixels
+    if args.max_pixels:
+        options["max_pixels"] = args.max_pixels
+    scorer = load_scorer(args.model, args.adapter, device=args.device, dtype=args.dtype, **options)
+    table = run_bench(scorer, datasets, args.out, split=args.split, decimals=args.decimals, limit=args.limit,
+                      model=Path(args.adapter or args.model).name, progress=not args.quiet)
+    print(table.to_text())
+    print(f"predictions, bench.csv and bench.md in {args.out}")
+    return 0
+
+
+def _bench_dataset(entry: str, args):
+    """A dataset for the bench: a manifest path, a prepared manifest, or prepared now from --data-root."""
+    if entry.endswith(".jsonl"):
+        return read_manifest(entry)
+    adapter = get_adapter(entry)
+    if args.prepared:
+        for split in filter(None, (args.split, "test", "all")):
+            manifest = Path(args.prepared) / adapter.name / f"{split}.jsonl"
+            if manifest.is_file():
+                print(f"{adapter.name}: using {manifest}", file=sys.stderr)
+                return read_manifest(manifest)
+    if not args.data_root:
+        raise ValueError(f"{adapter.name}: no prepared manifest" + (f" in {args.prepared}" if args.prepared else "")
+                         + "; give --data-root to prepare it")
+    dataset, _ = prepare(adapter.name, _dataset_root(Path(args.data_root), adapter), Path(args.out) / "prepared")
+    print(dataset.report.summary(max_listed=3), file=sys.stderr)
+    return dataset
+
+
+def _dataset_root(data_root: Path, adapter) -> Path:
+    if not data_root.is_dir():
+        raise DataError(f"{data_root}: --data-root is not a folder")
+    wanted = {adapter.name.lower(), *(name.lower() for name in adapter.folder_names)}
+    for folder in sorted(data_root.iterdir()):
+        if folder.is_dir() and folder.name.lower() in wanted:
+            return folder
+    raise DataError(f"{data_root}: no folder for {adapter.title} (looked for {', '.join(sorted(wanted))})")

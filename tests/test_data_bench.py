@@ -1,0 +1,139 @@
+"""The benchmark runner: a stub scorer for exact numbers, the tiny model end to end through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from realqa import data
+from realqa.data.bench import run_bench
+from realqa.metrics import evaluate
+from realqa.results import ScoreResult
+from conftest import SMALL_PIXELS
+from test_data_support import cli, koniq_csv, write_image, write_text
+
+MOS = [10.0, 25.0, 40.0, 55.0, 70.0, 85.0]
+
+
+@pytest.fixture
+def six_images(tmp_path):
+    """A generic dataset of six tiny images with MOS on 0-100, all in one split."""
+    lines = ["path,mos"] + [f"img{i}.png,{mos}" for i, mos in enumerate(MOS)]
+    labels = write_text(tmp_path / "six.csv", "\n".join(lines) + "\n")
+    rng = np.random.default_rng(0)
+    for i in range(len(MOS)):
+        write_image(tmp_path / "imgs" / f"img{i}.png", size=(48, 40), color=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    return data.load("generic", tmp_path, labels=labels, image_column="path", score_columns="quality=mos",
+                     native_range="0,100")
+
+
+class StubScorer:
+    """Answers from the file name: a score for most, no score for img4, an error for img5."""
+
+    def __init__(self, scores):
+        self.scores = scores
+        self.calls = []
+
+    def iter_scores(self, paths, task, *, decimals=None, batch_size=None):
+        self.calls.append((task, len(paths)))
+        for path in paths:
+            index = int(path[-5])
+            if index == 5:
+                yield ScoreResult.failed(path, task, f"{path}: file is empty (0 bytes)")
+            elif index == 4:
+                yield ScoreResult(path, task, None, None, "no_score", "The quality is good")
+            else:
+                value = self.scores[index]
+                yield ScoreResult(path, task, value, value, "ok" if value <= 5 else "out_of_range", f"{value:.2f}.")
+
+
+def test_table_counts_metrics_and_prediction_rows(six_images, tmp_path):
+    scorer = StubScorer([1.5, 1.2, 2.9, 3.4, None, None])
+    table = run_bench(scorer, [("six", six_images)], tmp_path / "bench", model="stub")
+    (row,) = table.rows
+    assert (row.rows, row.evaluated, row.parse_failures, row.errors, row.out_of_range) == (6, 4, 1, 1, 0)
+    expected = evaluate([1.5, 1.2, 2.9, 3.4, None, None], [1 + 4 * m / 100 for m in MOS])
+    assert row.srcc == pytest.approx(expected.srcc) and row.plcc == pytest.approx(expected.plcc)
+    assert row.rmse_native == pytest.approx(row.rmse * 25)  # 1-5 is 0-100 scaled by 1/25
+    assert row.split == "all" and scorer.calls == [("quality", 6)]
+    with open(row.predictions, newline="") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert [p["id"] for p in predictions] == [f"img{i}" for i in range(6)]
+    assert predictions[0]["score"] == "1.5" and float(predictions[0]["score_native"]) == pytest.approx(12.5)
+    assert float(predictions[0]["label_native"]) == 10.0
+    assert predictions[4]["status"] == "no_score" and predictions[4]["score"] == ""
+    assert predictions[5]["status"] == "error" and "file is empty" in predictions[5]["error"]
+    markdown = (tmp_path / "bench" / "bench.md").read_text()
+    assert "| Model | six SRCC | six PLCC |" in markdown and f"| stub | {row.srcc:.4f} | {row.plcc:.4f} |" in markdown
+    with open(tmp_path / "bench" / "bench.csv", newline="") as handle:
+        assert list(csv.DictReader(handle))[0]["parse_failures"] == "1"
+
+
+def test_the_test_split_is_scored_and_limit_applies(six_images, tmp_path):
+    split = data.load("generic", six_images.root, labels=six_images.label_files[0]["path"], image_column="path",
+                      score_columns="quality=mos", native_range="0,100", split="random", ratios="0.5,0.5", seed=1)
+    manifests = data.write_manifests(split, tmp_path / "prepared" / "six")
+    scorer = StubScorer([2.0, 3.0, 6.5, 4.0, None, None])
+    table = run_bench(scorer, [("six", tmp_path / "prepared" / "six")], tmp_path / "out")
+    assert table.rows[0].split == "test" and table.rows[0].rows == 3
+    assert manifests["test"].is_file()
+    limited = run_bench(StubScorer([2.0] * 6), [("six", split)], tmp_path / "out2", split="train", limit=2)
+    assert limited.rows[0].rows == 2
+
+
+def test_out_of_range_scores_are_counted_and_evaluated(six_images, tmp_path):
+    table = run_bench(StubScorer([1.0, 2.0, 3.0, 6.5, None, None]), [("six", six_images)], tmp_path / "b")
+    assert table.rows[0].out_of_range == 1 and table.rows[0].evaluated == 4
+
+
+def test_video_datasets_are_refused_before_scoring(six_images, tmp_path):
+    lines = [f"Video/{n}.mp4, 10.0, 30.0, 50" for n in "ab"]
+    videos = data.load("livevqc", labels=write_text(tmp_path / "livevqc_labels.txt", "\n".join(lines) + "\n"))
+    scorer = StubScorer([2.0] * 6)
+    with pytest.raises(ValueError, match="livevqc holds videos; the scorer scores images only"):
+        run_bench(scorer, [("six", six_images), ("livevqc", videos)], tmp_path / "b")
+    assert scorer.calls == []
+
+
+def test_a_dataset_without_test_split_needs_a_choice(six_images, tmp_path):
+    split = data.load("generic", six_images.root, labels=six_images.label_files[0]["path"], image_column="path",
+                      score_columns="quality=mos", native_range="0,100", split="random", seed=1)
+    train_only = split.subset("train")
+    with pytest.raises(ValueError, match="no 'test' or 'all' split to evaluate \\(splits: train\\)"):
+        run_bench(StubScorer([2.0] * 6), [("six", train_only)], tmp_path / "b")
+
+
+def test_bench_command_with_the_tiny_model(tiny_model_dir, tmp_path, capsys):
+    """End to end: a KonIQ-layout root -> prepared manifests -> tiny random model -> one table row per dataset."""
+    rows = [(f"{i}.jpg", 20.0 + 10 * i, "test" if i < 6 else "training") for i in range(8)]
+    root = tmp_path / "data" / "KonIQ-10k"
+    write_text(root / "koniq10k_distributions_sets.csv", koniq_csv(rows))
+    for i, (name, _, _) in enumerate(rows):
+        write_image(root / "1024x768" / name, color=(30 * i, 100, 200 - 20 * i))
+    out = tmp_path / "bench"
+    model = ["--model", tiny_model_dir, "--device", "cpu", "--batch-size", "3", "--quiet",
+             "--min-pixels", SMALL_PIXELS["min_pixels"], "--max-pixels", SMALL_PIXELS["max_pixels"]]
+    assert cli("bench", *model, "--datasets", "koniq10k", "--data-root", tmp_path / "data", "--out", out) == 0
+    printed = capsys.readouterr().out
+    assert "koniq10k" in printed and "SRCC" in printed and "predictions, bench.csv and bench.md" in printed
+    assert (out / "prepared" / "koniq10k" / "test.jsonl").is_file()  # the split scored is frozen with the results
+    with open(out / "bench.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert (row["dataset"], row["split"], int(row["rows"]), int(row["errors"])) == ("koniq10k", "test", 6, 0)
+    assert int(row["evaluated"]) + int(row["parse_failures"]) == 6
+    with open(row["predictions"], newline="") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert [p["id"] for p in predictions] == [str(i) for i in range(6)]
+    assert predictions[0]["image"] == str(root / "1024x768" / "0.jpg")
+    assert all(p["status"] in ("ok", "out_of_range", "no_score") for p in predictions)
+    if int(row["evaluated"]) < 2:
+        assert math.isnan(float(row["srcc"]))
+
+    again = tmp_path / "again"
+    assert cli("bench", *model, "--datasets", "koniq10k", "--prepared", out / "prepared", "--out", again,
+               "--limit", "2") == 0
+    with open(again / "bench.csv", newline="") as handle:
+        assert int(next(csv.DictReader(handle))["rows"]) == 2
