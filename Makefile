@@ -11,7 +11,7 @@ TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.realqa-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-compat install clean
 
 install: $(STAMP)
 
@@ -28,5 +28,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The oldest transformers release we support, in a second virtualenv, on the tests that touch the model.
+COMPAT_VENV ?= .venv-compat
+COMPAT_TRANSFORMERS ?= transformers==5.17.0
+test-compat:
+	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(COMPAT_VENV)/bin/python -m pip install --quiet -e ".[test]" "$(COMPAT_TRANSFORMERS)"
+	$(COMPAT_VENV)/bin/python -m pytest -q tests/test_engine.py tests/test_train.py tests/test_end_to_end.py
+
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) $(COMPAT_VENV) demo-out

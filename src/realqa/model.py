@@ -118,6 +118,18 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return names[dtype]
 
 
+def load_image_processor(model_id: str):
+    """The checkpoint's Qwen2-VL image processor settings, always on the PIL backend.
+
+    The torchvision backend resizes slightly differently, and transformers picks it whenever
+    torchvision happens to be installed; one backend everywhere keeps scores reproducible across
+    environments. (transformers 5.17's ``AutoImageProcessor`` also needs torchvision outright.)
+    """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil.from_pretrained(model_id)
+
+
 def load_model(
     model: str | Path,
     adapter: str | Path | None = None,
@@ -131,7 +143,7 @@ def load_model(
     The adapter's card, when it has one, wins over the base model's: it describes what the
     fine-tuning taught. Without any card the default tasks of :mod:`realqa.tasks` are used.
     """
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
     model_id = str(model)
     device = str(device or default_device())
@@ -144,7 +156,7 @@ def load_model(
             f"expected one of {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     tokenizer = AutoTokenizer.from_pretrained(model_id)
-    image_processor = AutoImageProcessor.from_pretrained(model_id)
+    image_processor = load_image_processor(model_id)
     network = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch_dtype, attn_implementation="sdpa")
     card = read_card(model_id) if Path(model_id).is_dir() else None
     if adapter is not None:
