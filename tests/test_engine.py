@@ -181,3 +181,24 @@ def test_qwen2_5_vl_checkpoints_score_too(tmp_path):
     alone = [scorer.score([image])[0] for image in images]
     assert [r.status for r in together] != ["error"] * 3
     assert [(r.score, r.text) for r in together] == [(r.score, r.text) for r in alone]
+
+
+def test_engine_matches_hf_generate_on_the_full_prompt(format_scorer):
+    """The shared-prefix decoder against the plain path: transformers' own greedy `generate`."""
+    from transformers import GenerationConfig
+
+    task = format_scorer.task("quality")
+    images = [brightness_image(level) for level in (0.1, 0.45, 0.8)] + [str(EXAMPLE_PHOTOS[1])]
+    ours = format_scorer.score(images)
+    tokenizer = format_scorer.loaded.tokenizer
+    for image, result in zip(images, ours):
+        example = format_scorer.examples.build(image, "x", format_scorer.prompt_ids(task))
+        batch = format_scorer.collate([example])
+        config = GenerationConfig(max_new_tokens=5, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                  pad_token_id=tokenizer.pad_token_id)
+        with torch.no_grad():
+            sequence = format_scorer.loaded.model.generate(**batch, generation_config=config)
+        new = sequence[0, batch["input_ids"].shape[1]:].tolist()
+        if tokenizer.eos_token_id in new:
+            new = new[: new.index(tokenizer.eos_token_id)]
+        assert tokenizer.decode(new, skip_special_tokens=True) == result.text

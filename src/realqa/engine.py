@@ -1,26 +1,51 @@
-"""Batched scoring: the answer prefix is forced, only the number is decoded, NCM comes from the same logits.
+"""Batched scoring: the image is encoded once, every question reuses it, only the answers are decoded.
 
-Per batch: one prefill over (question + image + answer prefix) and ``1 + 1 + k`` greedy decode steps
-for a score like ``3.47`` (plus one to see that the number ended). The raw logits of those steps
-give the digit distributions, hence the NCM expected score, at no extra cost.
+For a batch of images and the questions asked of each (a task, its attributes, plain or
+chain-of-thought), the engine
+
+1. prefills the part of the prompt all questions share (system turn, image) once per image;
+2. repeats that KV cache once per question and prefills each question's own tokens (its text
+   and, for plain answers, the forced answer prefix "The quality score of this image is ");
+3. decodes greedily until every answer ended, keeping the digit logits of each step, so the NCM
+   expected score is read from the same forward passes.
+
+The positions of the question tokens follow Qwen2-VL's multimodal RoPE: text after an image
+continues from the image's largest position, an offset computed from its patch grid.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from .batching import Example, ExampleBuilder, accepts_token_types, collate
-from .chat import scoring_prompt
+from .chat import DEFAULT_COT_FORM, read_cot_attributes, render_prompt
 from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError
 from .model import ScoringModel, load_model
-from .numeric import PARSE_NO_SCORE, digit_expectation, parse_score
+from .numeric import PARSE_NO_SCORE, digit_expectation
 from .results import ScoreResult
 from .tasks import Task
 
 ImageInput = "str | os.PathLike | PIL.Image.Image"
+DEFAULT_MAX_COT_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question asked of every image: a task, answered plainly or reasoning first (CoT)."""
+
+    task: Task
+    cot: bool = False
+
+
+@dataclass
+class _Answer:
+    tokens: list[int]
+    digit_logits: torch.Tensor  # (steps, 10): the logits of "0".."9" at each generated step
 
 
 class Scorer:
@@ -34,27 +59,44 @@ class Scorer:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_cot_tokens: int = DEFAULT_MAX_COT_TOKENS,
+        cot_form: str | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.loaded = loaded
         self.batch_size = batch_size
-        self._image_token_id = loaded.model.config.image_token_id
+        self.max_cot_tokens = max_cot_tokens
+        self.cot_form = cot_form or loaded.card.cot_form or DEFAULT_COT_FORM
+        config = loaded.model.config
+        self._image_token_id = config.image_token_id
+        self._merge = getattr(config.vision_config, "spatial_merge_size", 2)
         self.examples = ExampleBuilder(
             loaded.image_processor, self._image_token_id,
             min_pixels=min_pixels or loaded.card.min_pixels,
             max_pixels=max_pixels or loaded.card.max_pixels,
             max_image_pixels=max_image_pixels,
         )
-        self._pad_id = loaded.tokenizer.pad_token_id
-        if self._pad_id is None:
-            self._pad_id = loaded.tokenizer.eos_token_id
+        tokenizer = loaded.tokenizer
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._eos_id = tokenizer.eos_token_id
         self._token_types = accepts_token_types(loaded.model)
-        self._prompts: dict[tuple[str, int], list[int]] = {}
+        # transformers 5.2x renamed the forward's `past_key_values` to `cache`.
+        forward_params = inspect.signature(loaded.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_params else "past_key_values"
+        self._digit_index = torch.tensor(loaded.digit_ids)
+        self._prompts: dict[Question, list[int]] = {}
+
+    # ------------------------------------------------------------ tasks
 
     @property
     def tasks(self) -> dict[str, Task]:
         return self.loaded.card.tasks
+
+    @property
+    def attributes(self) -> list[Task]:
+        """The fine-grained attribute tasks this model was trained on (from its card)."""
+        return [self.tasks[name] for name in self.loaded.card.attributes if name in self.tasks]
 
     def task(self, name: str, decimals: int | None = None) -> Task:
         if name not in self.tasks:
@@ -71,11 +113,18 @@ class Scorer:
         *,
         decimals: int | None = None,
         batch_size: int | None = None,
+        cot: bool = False,
+        attributes: bool = False,
     ) -> list[ScoreResult]:
-        """Score images (paths or PIL images): one :class:`ScoreResult` per input, in input order."""
+        """Score images (paths or PIL images): one :class:`ScoreResult` per input, in input order.
+
+        ``attributes=True`` also asks every fine-grained attribute the model knows (sharing the
+        image encoding); ``cot=True`` asks for reasoning over the attributes before the score.
+        """
         if isinstance(images, (str, bytes)) or not isinstance(images, Iterable):
             images = [images]
-        return list(self.iter_scores(images, task, decimals=decimals, batch_size=batch_size))
+        return list(self.iter_scores(images, task, decimals=decimals, batch_size=batch_size, cot=cot,
+                                     attributes=attributes))
 
     def iter_scores(
         self,
@@ -84,52 +133,102 @@ class Scorer:
         *,
         decimals: int | None = None,
         batch_size: int | None = None,
+        cot: bool = False,
+        attributes: bool = False,
     ) -> Iterator[ScoreResult]:
         """Like :meth:`score`, yielding results in input order as each batch finishes."""
-        spec = self.task(task, decimals)
+        main = Question(self.task(task, decimals), cot=cot)
+        asked = [main] + ([Question(a) for a in self.attributes if a.name != task] if attributes else [])
+        if attributes and not self.attributes:
+            raise ValueError("this model's card lists no attribute tasks; it cannot answer --attributes")
+        for answers in self.iter_questions(images, asked, batch_size=batch_size):
+            yield self._combine(answers[0], answers[1:], main)
+
+    def score_tasks(self, images: Iterable[ImageInput], tasks: Sequence[str], *,
+                    batch_size: int | None = None) -> list[dict[str, ScoreResult]]:
+        """Several tasks per image in one pass: per input, task name -> result."""
+        questions = [Question(self.task(name)) for name in tasks]
+        return [{q.task.name: r for q, r in zip(questions, answers)}
+                for answers in self.iter_questions(images, questions, batch_size=batch_size)]
+
+    def iter_questions(self, images: Iterable[ImageInput], questions: Sequence[Question], *,
+                       batch_size: int | None = None) -> Iterator[list[ScoreResult]]:
+        """For each input, in order, one result per question."""
         size = batch_size or self.batch_size
         chunk: list[tuple[int, ImageInput]] = []
         for index, image in enumerate(images):
             chunk.append((index, image))
             if len(chunk) == size:
-                yield from self._score_chunk(chunk, spec)
+                yield from self._score_chunk(chunk, questions)
                 chunk = []
         if chunk:
-            yield from self._score_chunk(chunk, spec)
+            yield from self._score_chunk(chunk, questions)
 
-    # ------------------------------------------------------------ steps
+    # ------------------------------------------------------------ prompts
 
-    def _score_chunk(self, chunk: Sequence[tuple[int, ImageInput]], task: Task) -> list[ScoreResult]:
-        results: dict[int, ScoreResult] = {}
-        prepared: dict[int, Example] = {}
-        labels = {index: _label(index, image) for index, image in chunk}
-        prompt = self.prompt_ids(task)
-        for index, image in chunk:
-            try:
-                prepared[index] = self.examples.build(image, labels[index], prompt)
-            except MediaError as err:
-                results[index] = ScoreResult.failed(labels[index], task.name, str(err))
-        if prepared:
-            generated = self._generate(list(prepared.values()), task, [labels[i] for i in prepared])
-            results.update(zip(prepared, generated))
-        return [results[index] for index, _ in chunk]
-
-    def prompt_ids(self, task: Task) -> list[int]:
-        key = (task.name, task.decimals)
-        if key not in self._prompts:
+    def prompt_ids(self, question: Question | Task) -> list[int]:
+        """Token ids of a question's prompt (one image placeholder), checked once per question."""
+        if isinstance(question, Task):
+            question = Question(question)
+        if question not in self._prompts:
             tokenizer = self.loaded.tokenizer
-            prompt = scoring_prompt(tokenizer, task)
+            task = question.task
+            prompt = render_prompt(tokenizer, task, cot=question.cot, attributes=self.attributes)
+            if not question.cot:
+                prompt += task.answer_prefix
             ids = tokenizer.encode(prompt, add_special_tokens=False)
             if ids.count(self._image_token_id) != 1:
                 raise ValueError(f"the chat template gave {ids.count(self._image_token_id)} image tokens; expected 1")
-            # The forced prefix must tokenize the way the full answer does, or the model sees a
-            # token boundary it never saw in training.
-            example = tokenizer.encode(prompt + task.score_format.format(task.high), add_special_tokens=False)
-            if example[: len(ids)] != ids:
-                raise ValueError(f"task {task.name!r}: the answer prefix {task.answer_prefix!r} does not end "
-                                 "on a token boundary before the score; end it with a space or a word")
-            self._prompts[key] = ids
-        return self._prompts[key]
+            if not question.cot:
+                # The forced prefix must tokenize the way the full answer does, or the model sees a
+                # token boundary it never saw in training.
+                sample = task.value_text(task.high if task.is_score else task.values[0])
+                if tokenizer.encode(prompt + sample, add_special_tokens=False)[: len(ids)] != ids:
+                    raise ValueError(f"task {task.name!r}: the answer prefix {task.answer_prefix!r} does not end "
+                                     "on a token boundary before the value; end it with a space or a word")
+            self._prompts[question] = ids
+        return self._prompts[question]
+
+    def _shared_prefix(self, prompts: Sequence[list[int]]) -> int:
+        """Length of the prefix every prompt shares, through the image, leaving each >= 1 own token."""
+        shared = min(len(p) for p in prompts) - 1
+        for i in range(shared):
+            if len({p[i] for p in prompts}) > 1:
+                shared = i
+                break
+        if self._image_token_id not in prompts[0][:shared]:
+            raise ValueError("the questions do not share the image in their prompts; ask them separately")
+        return shared
+
+    def _max_new_tokens(self, question: Question) -> int:
+        task = question.task
+        if question.cot:
+            return self.max_cot_tokens
+        if task.is_score:
+            fmt = task.score_format
+            return fmt.num_digits + (1 if fmt.decimals else 0) + 1  # one more shows whether the value ended
+        longest = max(len(self.loaded.tokenizer.encode(v, add_special_tokens=False)) for v in task.values)
+        return longest + 2
+
+    # ------------------------------------------------------------ steps
+
+    def _score_chunk(self, chunk: Sequence[tuple[int, ImageInput]], questions: Sequence[Question]) -> list[list[ScoreResult]]:
+        prompts = [self.prompt_ids(q) for q in questions]
+        shared = self._shared_prefix(prompts)
+        results: dict[int, list[ScoreResult]] = {}
+        prepared: dict[int, Example] = {}
+        labels = {index: _label(index, image) for index, image in chunk}
+        for index, image in chunk:
+            try:
+                prepared[index] = self.examples.build(image, labels[index], prompts[0][:shared])
+            except MediaError as err:
+                results[index] = [ScoreResult.failed(labels[index], q.task.name, str(err)) for q in questions]
+        if prepared:
+            suffixes = [p[shared:] for p in prompts]
+            answers = self._answer(list(prepared.values()), suffixes, [self._max_new_tokens(q) for q in questions])
+            for row, index in enumerate(prepared):
+                results[index] = [self._read(labels[index], q, answers[row][j]) for j, q in enumerate(questions)]
+        return [results[index] for index, _ in chunk]
 
     def collate(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         """Left-padded batch on the model's device and dtype."""
@@ -139,43 +238,134 @@ class Scorer:
         batch["pixel_values"] = batch["pixel_values"].to(self.loaded.dtype)
         return batch
 
-    @torch.inference_mode()
-    def _generate(self, items: Sequence[Example], task: Task, labels: Sequence[str]) -> list[ScoreResult]:
-        from transformers import GenerationConfig
+    def _text_position_offset(self, grids: torch.Tensor) -> torch.Tensor:
+        """Per image, M-RoPE position minus sequence index for text after the image.
 
-        fmt = task.score_format
-        number_tokens = fmt.num_digits + (1 if fmt.decimals else 0)
-        tokenizer = self.loaded.tokenizer
-        config = GenerationConfig(
-            max_new_tokens=number_tokens + 1,  # one more shows whether the number ended
-            do_sample=False,
-            num_beams=1,
-            output_logits=True,
-            return_dict_in_generate=True,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=self._pad_id,
-        )
-        batch = self.collate(items)
-        output = self.loaded.model.generate(**batch, generation_config=config)
-        new_tokens = output.sequences[:, batch["input_ids"].shape[1] :].cpu()
-        logits = torch.stack(output.logits, dim=1)  # (batch, steps, vocab), raw: before any processor
-        number_shape = re.compile(r"\d\.\d{%d}" % fmt.decimals if fmt.decimals else r"\d")
-        results = []
-        for row, label in enumerate(labels):
-            tokens = new_tokens[row].tolist()
-            if tokenizer.eos_token_id in tokens:
-                tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
-            parsed = parse_score(task.answer_prefix + text, fmt)
-            ncm = None
-            digit_positions = [i for i, token in enumerate(tokens) if token in self.loaded.digit_ids][: fmt.num_digits]
-            if parsed.status != PARSE_NO_SCORE and len(digit_positions) == fmt.num_digits:
-                # NCM is defined where the model wrote a well-formed number: read its digit positions.
-                written = tokenizer.decode(tokens[: digit_positions[-1] + 1], skip_special_tokens=True)
-                if number_shape.fullmatch(written):
-                    ncm = float(digit_expectation(logits[row, digit_positions], self.loaded.digit_ids))
-            results.append(ScoreResult(label, task.name, parsed.value, ncm, parsed.status, text))
-        return results
+        The image's tokens span positions s .. s + max(t, h, w) - 1 (t, h, w in merged tokens)
+        while occupying t*h*w sequence slots, so the following text is shifted by the difference.
+        """
+        t = grids[:, 0]
+        h = grids[:, 1] // self._merge
+        w = grids[:, 2] // self._merge
+        return torch.maximum(torch.maximum(t, h), w) - t * h * w
+
+    @torch.inference_mode()
+    def _answer(self, examples: Sequence[Example], suffixes: Sequence[list[int]],
+                max_new_tokens: Sequence[int]) -> list[list[_Answer]]:
+        model = self.loaded.model
+        device = self.loaded.device
+        n_images, n_questions = len(examples), len(suffixes)
+        prefix = self.collate(examples)
+        outputs = model(**prefix, use_cache=True, logits_to_keep=1)
+        cache = outputs.past_key_values
+        cache.batch_repeat_interleave(n_questions)  # row b * Q + q: image b, question q
+
+        rows = n_images * n_questions
+        prefix_mask = prefix["attention_mask"].repeat_interleave(n_questions, dim=0)
+        valid = prefix_mask.sum(-1)  # real prefix tokens per row
+        offset = self._text_position_offset(prefix["image_grid_thw"]).repeat_interleave(n_questions)
+        longest = max(len(s) for s in suffixes)
+        suffix_ids = torch.full((rows, longest), self._pad_id, dtype=torch.long, device=device)
+        suffix_mask = torch.zeros((rows, longest), dtype=torch.long, device=device)
+        for q, suffix in enumerate(suffixes):  # left-padded, so every row's last token is at the end
+            suffix_ids[q::n_questions, longest - len(suffix):] = torch.tensor(suffix, device=device)
+            suffix_mask[q::n_questions, longest - len(suffix):] = 1
+        mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+        positions = valid[:, None] + suffix_mask.cumsum(-1) - 1 + offset[:, None]
+        limits = torch.tensor(max_new_tokens, device=device).repeat(n_images)
+
+        step_ids, step_positions = suffix_ids, positions
+        tokens: list[torch.Tensor] = []
+        digit_logits: list[torch.Tensor] = []
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        index = self._digit_index.to(device)
+        for step in range(int(limits.max())):
+            outputs = model(input_ids=step_ids, attention_mask=mask,
+                            position_ids=step_positions.unsqueeze(0).expand(3, -1, -1),
+                            use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
+            cache = outputs.past_key_values
+            logits = outputs.logits[:, -1].float()
+            next_token = logits.argmax(-1)
+            next_token = torch.where(finished, torch.full_like(next_token, self._pad_id), next_token)
+            tokens.append(next_token)
+            digit_logits.append(logits.index_select(-1, index))
+            finished |= (next_token == self._eos_id) | (step + 1 >= limits)
+            if bool(finished.all()):
+                break
+            step_ids = next_token[:, None]
+            step_positions = step_positions[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
+
+        generated = torch.stack(tokens, dim=1).cpu()
+        digits = torch.stack(digit_logits, dim=1).cpu()
+        answers = []
+        for b in range(n_images):
+            per_question = []
+            for q in range(n_questions):
+                row = b * n_questions + q
+                seq = generated[row, : int(limits[row])].tolist()
+                if self._eos_id in seq:
+                    seq = seq[: seq.index(self._eos_id)]
+                per_question.append(_Answer(seq, digits[row, : len(seq)]))
+            answers.append(per_question)
+        return answers
+
+    def _read(self, label: str, question: Question, answer: _Answer) -> ScoreResult:
+        """Parse one answer; for scores, the NCM value at the digits of the number that was read."""
+        task = question.task
+        text = self.loaded.tokenizer.decode(answer.tokens, skip_special_tokens=True)
+        parsed = task.parse(text if question.cot else task.answer_prefix + text)
+        ncm = None
+        if task.is_score and parsed.status != PARSE_NO_SCORE:
+            positions = self._number_positions(answer.tokens, parsed.value)
+            if positions is not None:
+                ncm = float(digit_expectation(answer.digit_logits[positions], list(range(10))))
+        result = ScoreResult(label, task.name, parsed.value, ncm, parsed.status, text)
+        if question.cot:
+            stated = read_cot_attributes(text, self.attributes, self.cot_form)
+            result = result.with_attributes({a.name: _attribute_entry(a, stated[a.name]) for a in self.attributes})
+        return result
+
+    def _number_positions(self, tokens: list[int], value: float) -> list[int] | None:
+        """Positions of the last number's digit tokens, if they spell a well-formed score.
+
+        None when the digits are not one token each or the number is not the answer's last one.
+        """
+        digit_ids = self.loaded.digit_ids
+        positions = [i for i, token in enumerate(tokens) if token in digit_ids]
+        written = self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
+        digits_in_text = [ch for ch in written if ch.isdigit()]
+        if len(digits_in_text) != len(positions):
+            return None  # some digit shares a token with other characters
+        number = _last_number(written)
+        if number is None or not _ONE_INTEGER_DIGIT.fullmatch(number) or abs(float(number) - value) > 1e-9:
+            return None  # NCM weighs the first digit as units: only a one-integer-digit score qualifies
+        count = sum(ch.isdigit() for ch in number)
+        return positions[-count:] if count else None
+
+    def _combine(self, main: ScoreResult, attribute_answers: Sequence[ScoreResult], question: Question) -> ScoreResult:
+        if not attribute_answers:
+            return main
+        entries = dict(main.attributes or {})
+        for answer in attribute_answers:
+            entries[answer.task] = {"value": answer.score, "status": answer.status, "text": answer.text}
+        return main.with_attributes(entries)
+
+
+def _attribute_entry(task: Task, stated: str | None) -> dict:
+    """An attribute read from reasoning, validated against its task (flagged, never coerced)."""
+    if stated is None:
+        return {"value": None, "status": "missing", "text": ""}
+    parsed = task.parse(stated)
+    return {"value": parsed.value, "status": parsed.status, "text": stated}
+
+
+_ONE_INTEGER_DIGIT = re.compile(r"\d(?:\.\d+)?")
+
+
+def _last_number(text: str) -> str | None:
+    numbers = re.findall(r"\d+(?:\.\d+)?", text)
+    return numbers[-1] if numbers else None
 
 
 def _label(index: int, image: ImageInput) -> str:
@@ -195,7 +385,6 @@ def load_scorer(
     """Load a Qwen2-VL / Qwen2.5-VL checkpoint (folder or hub id), an optional LoRA adapter, and wrap it.
 
     ``scorer_options`` go to :class:`Scorer`: ``batch_size``, ``min_pixels``, ``max_pixels`` (default:
-    the bounds in the model card, else RealQA's),
-    ``max_image_pixels``.
+    the bounds in the model card, else RealQA's), ``max_image_pixels``, ``max_cot_tokens``, ``cot_form``.
     """
     return Scorer(load_model(model, adapter, device=device, dtype=dtype), **scorer_options)

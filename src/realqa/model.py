@@ -34,6 +34,9 @@ class ModelCard:
     # The image processor's pixel bounds the model was trained with; scoring uses them by default.
     min_pixels: int = MIN_PIXELS
     max_pixels: int = MAX_PIXELS
+    # The fine-grained attribute tasks (names in ``tasks``) and the chain-of-thought form trained.
+    attributes: list[str] = field(default_factory=list)
+    cot_form: str | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -43,6 +46,8 @@ class ModelCard:
             "trained_on": self.trained_on,
             "min_pixels": self.min_pixels,
             "max_pixels": self.max_pixels,
+            "attributes": self.attributes,
+            "cot_form": self.cot_form,
             **self.extra,
         }
 
@@ -56,6 +61,8 @@ class ModelCard:
             trained_on=list(data.pop("trained_on", [])),
             min_pixels=int(data.pop("min_pixels", MIN_PIXELS)),
             max_pixels=int(data.pop("max_pixels", MAX_PIXELS)),
+            attributes=list(data.pop("attributes", [])),
+            cot_form=data.pop("cot_form", None),
             extra=data,
         )
 
@@ -247,11 +254,17 @@ def build_tiny_model(
     hidden_size: int = 64,
     layers: int = 2,
     architecture: str = "qwen2_vl",
+    text_layers: int | None = None,
+    vision_depth: int | None = None,
+    vision_width: int = 32,
+    vision_heads: int = 2,
 ) -> Path:
     """Save a Qwen2-VL (or Qwen2.5-VL) architecture model with random weights, its tokenizer,
     image processor and card.
 
     It loads through the same ``from_pretrained`` path as a real checkpoint; its scores are noise.
+    ``layers`` sets both towers' depth unless ``text_layers`` / ``vision_depth`` say otherwise;
+    ``vision_width`` and ``vision_heads`` size the vision blocks (the demo model trains a wider tower).
     """
     from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2VLConfig
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -271,7 +284,7 @@ def build_tiny_model(
         "vocab_size": len(tokenizer),
         "hidden_size": hidden_size,
         "intermediate_size": hidden_size * 2,
-        "num_hidden_layers": layers,
+        "num_hidden_layers": layers if text_layers is None else text_layers,
         "num_attention_heads": heads,
         "num_key_value_heads": heads // 2,
         "max_position_embeddings": 4096,
@@ -280,14 +293,15 @@ def build_tiny_model(
         "eos_token_id": token_id("<|im_end|>"),
         "pad_token_id": token_id("<|endoftext|>"),
     }
-    vision_shared = {"depth": layers, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    depth = layers if vision_depth is None else vision_depth
+    vision_shared = {"depth": depth, "num_heads": vision_heads, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
     if architecture == "qwen2_vl":
         config_class = Qwen2VLConfig
-        vision_config = {**vision_shared, "embed_dim": 32, "hidden_size": hidden_size, "mlp_ratio": 2}
+        vision_config = {**vision_shared, "embed_dim": vision_width, "hidden_size": hidden_size, "mlp_ratio": 2}
     else:  # Qwen2.5-VL: windowed attention in the vision tower, full attention in its last block
         config_class = Qwen2_5_VLConfig
-        vision_config = {**vision_shared, "hidden_size": 32, "intermediate_size": 64, "out_hidden_size": hidden_size,
-                         "window_size": 56, "fullatt_block_indexes": [layers - 1]}
+        vision_config = {**vision_shared, "hidden_size": vision_width, "intermediate_size": 2 * vision_width,
+                         "out_hidden_size": hidden_size, "window_size": 56, "fullatt_block_indexes": [depth - 1]}
     config = config_class(
         text_config=text_config,
         vision_config=vision_config,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
@@ -16,6 +16,7 @@ from .numeric import ScoreFormat, parse_score
 
 STATUS_ERROR = "error"
 ROW_FIELDS = ("path", "task", "score", "ncm", "status", "text", "error")
+ATTRIBUTE_STATUS_SUFFIX = "_status"
 
 
 @dataclass(frozen=True)
@@ -24,29 +25,50 @@ class ScoreResult:
 
     ``score`` is the number the model wrote (None when it wrote none or the input failed);
     ``ncm`` is the expected score from the digit probabilities at the same positions;
-    ``status`` is a parse status from :mod:`realqa.numeric` or ``"error"``.
+    ``status`` is a parse status from :mod:`realqa.numeric` / :mod:`realqa.tasks` or ``"error"``
+    (for a categorical task ``score`` holds the word it answered).
+    ``attributes`` maps each fine-grained attribute asked (or stated in chain-of-thought reasoning)
+    to ``{"value", "status", "text"}``; a missing or out-of-schema value is flagged in its status.
     """
 
     path: str
     task: str
-    score: float | None
+    score: float | str | None
     ncm: float | None
     status: str
     text: str
     error: str | None = None
+    attributes: dict | None = None
 
     @classmethod
     def failed(cls, path: str, task: str, error: str) -> "ScoreResult":
         return cls(path=path, task=task, score=None, ncm=None, status=STATUS_ERROR, text="", error=error)
 
+    def with_attributes(self, attributes: dict) -> "ScoreResult":
+        return replace(self, attributes=attributes)
+
     def to_row(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        if row["attributes"] is None:
+            del row["attributes"]
+        return row
+
+    def to_flat_row(self) -> dict:
+        """One column per attribute value and one for its status, for CSV."""
+        row = {key: value for key, value in self.to_row().items() if key != "attributes"}
+        for name, entry in (self.attributes or {}).items():
+            row[name] = entry["value"]
+            row[name + ATTRIBUTE_STATUS_SUFFIX] = entry["status"]
+        return row
 
 
 class ResultWriter:
-    """Streams rows to a .csv or .jsonl file as they arrive."""
+    """Streams rows to a .csv or .jsonl file as they arrive.
 
-    def __init__(self, path: str | Path):
+    CSV files get a column per name in ``attributes`` (and its status); JSONL rows nest them.
+    """
+
+    def __init__(self, path: str | Path, attributes: Iterable[str] = ()):
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in (".csv", ".jsonl"):
@@ -54,15 +76,16 @@ class ResultWriter:
         self._jsonl = suffix == ".jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = open(self.path, "w", newline="", encoding="utf-8")
-        self._csv = None if self._jsonl else csv.DictWriter(self._file, fieldnames=ROW_FIELDS)
+        columns = list(ROW_FIELDS) + [c for name in attributes for c in (name, name + ATTRIBUTE_STATUS_SUFFIX)]
+        self._csv = None if self._jsonl else csv.DictWriter(self._file, fieldnames=columns)
         if self._csv is not None:
             self._csv.writeheader()
 
     def write(self, result: ScoreResult) -> None:
-        row = result.to_row()
         if self._jsonl:
-            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._file.write(json.dumps(result.to_row(), ensure_ascii=False) + "\n")
         else:
+            row = result.to_flat_row()
             self._csv.writerow({key: "" if value is None else value for key, value in row.items()})
         self._file.flush()
 
