@@ -120,8 +120,8 @@ def test_eval_our_results_with_a_labels_file(tmp_path, capsys):
     assert main(["eval", str(results), "--labels", str(labels)]) == 0
     out = capsys.readouterr().out.splitlines()
     values = out[1].split()
-    assert values[:3] == ["7", "5", "2"]  # rows, scored, failed: failures are counted, not dropped
-    assert float(values[3]) == pytest.approx(1.0)  # pred order 1.5<2.2<3.1<4.0<4.9 matches labels
+    assert values[:4] == ["quality", "7", "5", "2"]  # rows, scored, failed: failures are counted, not dropped
+    assert float(values[4]) == pytest.approx(1.0)  # pred order 1.5<2.2<3.1<4.0<4.9 matches labels
 
 
 def test_eval_llamafactory_predictions(tmp_path, capsys):
@@ -135,8 +135,8 @@ def test_eval_llamafactory_predictions(tmp_path, capsys):
     predictions.write_text("".join(json.dumps({"prompt": "q", "predict": p, "label": l}) + "\n" for p, l in pairs))
     assert main(["eval", str(predictions)]) == 0
     values = capsys.readouterr().out.splitlines()[1].split()
-    assert values[:3] == ["6", "5", "1"]
-    assert float(values[3]) == pytest.approx(1.0)
+    assert values[:4] == ["quality", "6", "5", "1"]
+    assert float(values[4]) == pytest.approx(1.0)
 
 
 def test_eval_without_labels_says_so(tmp_path, capsys):

@@ -51,6 +51,6 @@ def test_prepare_train_score_eval(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(scores), "--labels", str(labels)]) == 0
     values = capsys.readouterr().out.splitlines()[1].split()
-    assert values[0] == str(len(test_rows)) == "16"
-    assert int(values[1]) + int(values[2]) == 16
-    assert float(values[3]) >= 0.6  # SRCC; 16 images: chance probability < 1% at 0.6
+    assert values[1] == str(len(test_rows)) == "16"
+    assert int(values[2]) + int(values[3]) == 16
+    assert float(values[4]) >= 0.6  # SRCC; 16 images: chance probability < 1% at 0.6

@@ -67,14 +67,14 @@ def test_answer_encoder_masks_the_question_and_finds_the_digits(tiny_model_dir):
     from realqa.model import load_model
 
     loaded = load_model(tiny_model_dir, device="cpu")
-    encoder = AnswerEncoder(loaded.tokenizer, loaded.card.tasks, 2, loaded.digit_ids)
-    ids, labels, digits = encoder.encode("quality", 3.4712)
+    encoder = AnswerEncoder(loaded.tokenizer, loaded.card.tasks, loaded.digit_ids)
+    ids, labels, digits = encoder.encode(TrainItem("x", "quality", 3.4712, "m"))
     supervised = loaded.tokenizer.decode([t for t in labels if t != -100])
     assert supervised == "The quality score of this image is 3.47.<|im_end|>"
     assert [loaded.tokenizer.decode([ids[p]]) for p in digits] == ["3", "4", "7"]
     assert all(label == -100 for label in labels[: digits[0] - 9])
     with pytest.raises(ValueError, match="outside the quality range"):
-        encoder.encode("quality", 5.5)
+        encoder.encode(TrainItem("x", "quality", 5.5, "m"))
 
 
 def test_mixing_weights_repeat_and_subsample():
@@ -130,8 +130,8 @@ def test_full_finetune_learns_the_toy_task(tiny_model_dir, toy, tmp_path):
     losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
     assert losses[-1] < losses[0] / 5
     final = result.held_out[-1]
-    assert final["heldout_test_rows"] == 16 and final["heldout_test_failed"] == 0
-    assert final["heldout_test_srcc"] >= 0.6, final
+    assert final["heldout_test_quality_rows"] == 16 and final["heldout_test_quality_failed"] == 0
+    assert final["heldout_test_quality_srcc"] >= 0.6, final
     evaluation = [entry for entry in result.log_history if "eval_ncm_mae" in entry][-1]
     assert 0 <= evaluation["eval_ncm_mae"] < 1.5 and evaluation["eval_ncm_star"] >= 0
     card = json.loads((tmp_path / "full" / "realqa_card.json").read_text())

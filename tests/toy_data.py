@@ -40,3 +40,37 @@ def write_toy_dataset(folder: Path, n_train: int = 48, n_test: int = 16, seed: i
                       split=SplitInfo("random", "toy split by index"), root=str(folder))
     return (write_manifest(dataset.subset("train"), folder / "train.jsonl"),
             write_manifest(dataset.subset("test"), folder / "test.jsonl"))
+
+
+def exposure_of(level: float) -> str:
+    return "dark" if level < 0.35 else "bright" if level > 0.65 else "normal"
+
+
+def write_attribute_toy_dataset(folder: Path, n_train: int = 64, n_test: int = 24, seed: int = 0) -> tuple[Path, Path]:
+    """Brightness decides ``exposure`` (dark/normal/bright), blur decides ``clarity`` (blurry/sharp),
+    and quality = 1 + 3 * brightness + sharp: every label is determined by the image."""
+    from PIL import ImageFilter
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i in range(n_train + n_test):
+        level = float(rng.uniform(0.05, 0.95))
+        sharp = bool(rng.random() < 0.5)
+        image = brightness_image(level, size=(112, 112))
+        if not sharp:
+            image = image.filter(ImageFilter.GaussianBlur(3))
+        name = f"images/attr_{i:03d}.png"
+        image.save(folder / name)
+        score = 1 + 3 * level + sharp
+        attributes = {"exposure": exposure_of(level), "clarity": "sharp" if sharp else "blurry"}
+        samples.append(Sample(id=f"attr_{i:03d}", image=name, scores={"quality": score}, native={"quality": score},
+                              split="train" if i < n_train else "test", dataset="toy-attributes",
+                              attributes=attributes))
+    from realqa.data.attributes import infer_schema
+
+    dataset = Dataset(name="toy-attributes", mappings={"quality": ScoreMapping.onto_task("quality", (1, 5))},
+                      samples=samples, split=SplitInfo("random", "by index"), root=str(folder),
+                      attribute_schema=infer_schema(s.attributes for s in samples))
+    return (write_manifest(dataset.subset("train"), folder / "train.jsonl"),
+            write_manifest(dataset.subset("test"), folder / "test.jsonl"))

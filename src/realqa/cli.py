@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -41,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--adapter", help="PEFT LoRA adapter folder")
     score.add_argument("--task", default="quality", help="task to score (default: quality)")
     score.add_argument("--decimals", type=int, help="decimals in the answer (default: the model card's)")
+    score.add_argument("--attributes", action="store_true",
+                       help="also ask every fine-grained attribute the model knows (one column each)")
+    score.add_argument("--cot", action="store_true",
+                       help="chain of thought: reason over the attributes, then give the score in <...>")
     score.add_argument("--batch-size", type=int, default=8)
     score.add_argument("--out", help="write rows to FILE.csv or FILE.jsonl (one row per input, in input order)")
     score.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
@@ -52,9 +53,11 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="correlation metrics of predictions against labels")
     evaluate.add_argument("predictions", help="our .csv/.jsonl results, or LLaMA-Factory's generated_predictions.jsonl")
-    evaluate.add_argument("--labels", help="CSV/JSONL with an image column and a label column, matched by path then file name")
+    evaluate.add_argument("--labels", help="a realqa manifest, or a CSV/JSONL with an image column, a label column "
+                          "and optional attribute columns; matched by path, then file name")
     evaluate.add_argument("--label-column", help="label column of --labels (default: the first of mos, MOS, score, label)")
     evaluate.add_argument("--field", default="score", choices=("score", "ncm"), help="value to evaluate (default: score)")
+    evaluate.add_argument("--task", default="quality", help="the manifest score that labels the predictions (default: quality)")
     evaluate.set_defaults(run=_eval)
 
     trainer = commands.add_parser("train", help="fine-tune a Qwen2-VL model to answer with scores (LoRA or full)")
@@ -94,11 +97,13 @@ def _score(args) -> int:
     if args.max_pixels:
         options["max_pixels"] = args.max_pixels
     scorer = load_scorer(args.model or _default_model(), args.adapter, device=args.device, dtype=args.dtype, **options)
-    writer = ResultWriter(args.out) if args.out else None
+    attribute_names = [a.name for a in scorer.attributes] if (args.attributes or args.cot) else []
+    writer = ResultWriter(args.out, attributes=attribute_names) if args.out else None
     results = []
     progress = tqdm(total=len(inputs), unit="img", disable=args.quiet or None, file=sys.stderr)
     try:
-        for result in scorer.iter_scores(inputs, args.task, decimals=args.decimals):
+        for result in scorer.iter_scores(inputs, args.task, decimals=args.decimals, cot=args.cot,
+                                         attributes=args.attributes):
             results.append(result)
             if writer:
                 writer.write(result)
@@ -108,7 +113,7 @@ def _score(args) -> int:
         if writer:
             writer.close()
     if not args.quiet:
-        _print_ranking(results)
+        _print_ranking(results, attribute_names)
     errors = sum(r.status == STATUS_ERROR for r in results)
     unparsed = sum(r.score is None and r.status != STATUS_ERROR for r in results)
     summary = f"{len(results)} inputs: {len(results) - errors - unparsed} scored, {unparsed} without a parsable score, {errors} errors"
@@ -127,19 +132,28 @@ def _default_model() -> str:
     return str(folder)
 
 
-def _print_ranking(results) -> None:
+def _print_ranking(results, attribute_names=()) -> None:
     """Scored rows best first, then rows without a score (unparsed answers and errors)."""
-    scored = sorted((r for r in results if r.score is not None), key=lambda r: -r.score)
-    rest = [r for r in results if r.score is None]
+    scored = sorted((r for r in results if isinstance(r.score, (int, float))), key=lambda r: -r.score)
+    rest = [r for r in results if not isinstance(r.score, (int, float))]
     width = min(60, max((len(r.path) for r in results), default=4))
-    print(f"{'rank':>4}  {'score':>6}  {'ncm':>6}  {'path':<{width}}  note")
+    print(f"{'rank':>4}  {'score':>6}  {'ncm':>6}  {'path':<{width}}  " + "".join(f"{n[:12]:<13}" for n in attribute_names) + "note")
     for rank, r in enumerate(scored, 1):
         ncm = f"{r.ncm:6.3f}" if r.ncm is not None else f"{'':>6}"
         note = "" if r.status == "ok" else r.status
-        print(f"{rank:>4}  {r.score:6.2f}  {ncm}  {_shorten(r.path, width):<{width}}  {note}")
+        cells = "".join(f"{_attribute_cell(r, n):<13}" for n in attribute_names)
+        print(f"{rank:>4}  {r.score:6.2f}  {ncm}  {_shorten(r.path, width):<{width}}  {cells}{note}")
     for r in rest:
         note = r.error or f"{r.status}: {r.text!r}"
         print(f"{'-':>4}  {'-':>6}  {'':>6}  {_shorten(r.path, width):<{width}}  {note}")
+
+
+def _attribute_cell(result, name: str) -> str:
+    entry = (result.attributes or {}).get(name)
+    if entry is None:
+        return "-"
+    value = "?" if entry["value"] is None else str(entry["value"])
+    return (value if entry["status"] == "ok" else f"{value}({entry['status']})")[:12]
 
 
 def _shorten(text: str, width: int) -> str:
@@ -150,61 +164,16 @@ def _shorten(text: str, width: int) -> str:
 
 
 def _eval(args) -> int:
-    from .metrics import evaluate
+    from .evaluation import evaluate_predictions, format_table, read_labels
     from .results import read_predictions
 
     predictions = read_predictions(args.predictions, field=args.field)
-    if args.labels:
-        labels = _read_labels(args.labels, args.label_column)
-        missing = [p.key for p in predictions if _lookup(labels, p.key) is None]
-        if missing:
-            raise ValueError(f"{len(missing)} prediction(s) have no label in {args.labels}, e.g. {missing[0]!r}")
-        pairs = [(p.pred, _lookup(labels, p.key)) for p in predictions]
-    else:
-        unlabelled = [p.key for p in predictions if p.label is None]
-        if unlabelled:
-            raise ValueError(f"{args.predictions}: {len(unlabelled)} row(s) carry no label; pass --labels FILE")
-        pairs = [(p.pred, p.label) for p in predictions]
-    result = evaluate([pred for pred, _ in pairs], [label for _, label in pairs])
-    print(f"{'rows':>6} {'scored':>6} {'failed':>6} {'SRCC':>7} {'KRCC':>7} {'PLCC':>7} {'PLCC4':>7} {'RMSE':>7}")
-    print(f"{result.n_total:>6} {result.n_evaluated:>6} {result.n_failed:>6} "
-          + " ".join(_fmt(v) for v in (result.srcc, result.krcc, result.plcc, result.plcc_logistic, result.rmse)))
-    if not result.logistic_converged:
+    labels = read_labels(args.labels, args.label_column, args.task) if args.labels else None
+    rows = evaluate_predictions(predictions, labels, args.predictions, args.task)
+    print(format_table(rows))
+    if rows[0].metrics["n_evaluated"] >= 5 and not rows[0].metrics["logistic_converged"]:
         print("note: the 4-parameter logistic fit did not converge; PLCC4 is undefined", file=sys.stderr)
     return 0
-
-
-def _fmt(value: float) -> str:
-    return f"{'nan':>7}" if math.isnan(value) else f"{value:7.4f}"
-
-
-_KEY_COLUMNS = ("path", "image", "image_name", "img_name", "image_id")
-_LABEL_COLUMNS = ("mos", "MOS", "score", "label")
-
-
-def _read_labels(path: str, column: str | None) -> dict[str, float]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f)) if path.lower().endswith(".csv") else [json.loads(l) for l in f if l.strip()]
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    key = next((c for c in _KEY_COLUMNS if c in rows[0]), None)
-    value = column or next((c for c in _LABEL_COLUMNS if c in rows[0]), None)
-    if key is None or value is None or value not in rows[0]:
-        raise ValueError(f"{path}: need an image column ({', '.join(_KEY_COLUMNS)}) and a label column "
-                         f"({column or ', '.join(_LABEL_COLUMNS)}); found {', '.join(rows[0])}")
-    labels = {}
-    for i, row in enumerate(rows, 1):
-        try:
-            labels[str(row[key])] = float(row[value])
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: row {i}: label {row[value]!r} is not a number") from None
-    return labels
-
-
-def _lookup(labels: dict[str, float], key: str) -> float | None:
-    if key in labels:
-        return labels[key]
-    return labels.get(Path(key).name)
 
 
 # ---------------------------------------------------------------- train

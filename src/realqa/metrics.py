@@ -22,7 +22,9 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.special import expit
 
 __all__ = [
+    "Classification",
     "Evaluation",
+    "classification",
     "LogisticFitError",
     "evaluate",
     "fit_logistic4",
@@ -217,3 +219,42 @@ def evaluate(pred: Sequence[float | None], label: Sequence[float]) -> Evaluation
         rmse=rmse(x, y),
         logistic_converged=converged,
     )
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Agreement of categorical predictions (e.g. an attribute's level) with labels.
+
+    A failed prediction (None) counts as wrong in ``accuracy`` and ``macro_f1`` (the model did
+    not answer) and is also reported in ``n_failed``; it is never dropped.
+    """
+
+    n_total: int
+    n_failed: int
+    accuracy: float
+    macro_f1: float  # unweighted mean of per-class F1 over the classes present in the labels
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def classification(pred: Sequence[object | None], label: Sequence[object]) -> Classification:
+    """Accuracy and macro-F1; values compare as case-insensitive text."""
+    if len(pred) != len(label):
+        raise ValueError(f"pred and label lengths differ: {len(pred)} predictions vs {len(label)} labels")
+    missing = [i for i, y in enumerate(label) if y is None]
+    if missing:
+        raise ValueError(f"label is missing at row index {missing[:10]}")
+    norm = lambda v: None if v is None else str(v).strip().lower()  # noqa: E731
+    p = [norm(v) for v in pred]
+    y = [norm(v) for v in label]
+    if not y:
+        return Classification(0, 0, math.nan, math.nan)
+    correct = sum(a == b for a, b in zip(p, y))
+    scores = []
+    for cls in sorted(set(y)):
+        tp = sum(a == cls and b == cls for a, b in zip(p, y))
+        fp = sum(a == cls and b != cls for a, b in zip(p, y))
+        fn = sum(a != cls and b == cls for a, b in zip(p, y))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return Classification(len(y), sum(v is None for v in p), correct / len(y), float(np.mean(scores)))

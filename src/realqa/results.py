@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
@@ -110,6 +110,7 @@ class Prediction:
     pred: float | None
     label: float | None
     status: str
+    attributes: dict = field(default_factory=dict)  # name -> predicted value (None when it failed)
 
 
 def read_predictions(path: str | Path, *, fmt: ScoreFormat | None = None, field: str = "score") -> list[Prediction]:
@@ -130,8 +131,18 @@ def read_predictions(path: str | Path, *, fmt: ScoreFormat | None = None, field:
         pred = _number(row.get(field))
         status = row.get("status") or ("ok" if pred is not None else "no_score")
         label = _number(row.get("label", row.get("mos")))
-        predictions.append(Prediction(str(row.get("path", i)), pred, label, status))
+        predictions.append(Prediction(str(row.get("path", i)), pred, label, status, _predicted_attributes(row)))
     return predictions
+
+
+def _predicted_attributes(row: dict) -> dict:
+    """Attribute predictions of one of our rows: nested (JSONL) or ``name``/``name_status`` columns (CSV)."""
+    if isinstance(row.get("attributes"), dict):
+        return {name: entry.get("value") if entry.get("status") == "ok" else None
+                for name, entry in row["attributes"].items()}
+    names = [c[: -len(ATTRIBUTE_STATUS_SUFFIX)] for c in row if c.endswith(ATTRIBUTE_STATUS_SUFFIX)]
+    return {name: (row.get(name) or None) if row.get(name + ATTRIBUTE_STATUS_SUFFIX) == "ok" else None
+            for name in names if name in row}
 
 
 def _llamafactory_row(i: int, row: dict, fmt: ScoreFormat | None, path: Path) -> Prediction:

@@ -21,11 +21,12 @@ from typing import Any, Sequence
 import torch
 
 from .batching import IGNORE_INDEX, Example, ExampleBuilder, accepts_token_types, collate
-from .chat import question_messages
+from .chat import cot_answer, render_prompt
+from .data.attributes import AttributeSpec
 from .media import MediaError
 from .model import MAX_PIXELS, MIN_PIXELS, ModelCard, ScoringModel, load_model
-from .numeric import digit_expectation, digit_expectation_star
-from .tasks import Task
+from .numeric import digit_probs
+from .tasks import Task, attribute_task
 
 DEFAULT_LR = {"lora": 1e-4, "full": 1e-5}
 
@@ -37,8 +38,11 @@ DEFAULT_LR = {"lora": 1e-4, "full": 1e-5}
 class DataSource:
     """One manifest in the training (or held-out) mix.
 
-    ``weight`` is how many times each sample is seen per epoch: 2 repeats the source, 0.5 takes a
-    seeded half of it. ``split`` picks a split of the manifest (None: every sample in it).
+    ``task`` is a score task (quality, aesthetics) or one of the dataset's attributes.
+    ``form`` is ``plain`` (the answer states the value) or ``cot`` (the answer reasons over the
+    sample's attributes, then gives the score in angle brackets). ``weight`` is how many times each
+    sample is seen per epoch: 2 repeats the source, 0.5 takes a seeded half of it. ``split`` picks
+    a split of the manifest (None: every sample in it).
     """
 
     manifest: str
@@ -46,6 +50,10 @@ class DataSource:
     split: str | None = None
     weight: float = 1.0
     form: str = "plain"
+
+    def __post_init__(self) -> None:
+        if self.form not in ("plain", "cot"):
+            raise ValueError(f"{self.manifest}: form must be 'plain' or 'cot', got {self.form!r}")
 
 
 @dataclass
@@ -82,6 +90,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     gradient_checkpointing: bool = True
     ncm_loss_weight: float = 0.0
+    cot_form: str = "list"  # how chain-of-thought answers state the attributes (see realqa.chat.COT_FORMS)
     eval_steps: int | None = None  # also score the held-out sources every N steps (always at the end)
     eval_max_samples: int | None = None
     logging_steps: int = 10
@@ -181,30 +190,67 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 @dataclass(frozen=True)
 class TrainItem:
-    """One supervised answer: an image file, a task, and its target value on the task range."""
+    """One supervised answer: an image file, a task, its target value (a score on the task range or
+    an attribute's value), and for chain-of-thought answers the sample's attributes."""
 
     image: str
     task: str
-    value: float
+    value: float | str
     source: str
+    cot: bool = False
+    attributes: tuple = ()  # (name, value) pairs, for CoT answers
 
 
-def read_source(source: DataSource) -> list[TrainItem]:
-    """The source's samples with a score for its task, image paths resolved against the dataset root."""
+def read_source(source: DataSource, log=print) -> tuple[list[TrainItem], list[AttributeSpec]]:
+    """The source's samples with a value for its task, and the dataset's attribute schema.
+
+    A score task needs a finite score on every sample (else an error naming the row). An attribute
+    task uses the samples that annotate it; how many lack it is logged, never silently dropped.
+    """
     from .data.manifest import read_manifest
 
     dataset = read_manifest(source.manifest)
     if source.split is not None:
         dataset = dataset.subset(source.split)
-    items = []
+    schema = {spec.name: spec for spec in dataset.attribute_schema}
+    is_attribute = source.task in schema and source.task not in dataset.tasks
+    items, unannotated = [], 0
     for row, sample in enumerate(dataset.samples, 1):
-        if source.task not in sample.scores:
-            raise ValueError(f"{source.manifest}: sample {row} ({sample.id}) has no {source.task!r} score")
-        value = sample.scores[source.task]
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{source.manifest}: sample {row} ({sample.id}): score {value!r} is not a finite number")
-        items.append(TrainItem(str(dataset.image_path(sample)), source.task, float(value), source.manifest))
-    return items
+        if is_attribute:
+            value = sample.attributes.get(source.task)
+            if value is None:
+                unannotated += 1
+                continue
+        else:
+            if source.task not in sample.scores:
+                raise ValueError(f"{source.manifest}: sample {row} ({sample.id}) has no {source.task!r} score")
+            value = sample.scores[source.task]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{source.manifest}: sample {row} ({sample.id}): score {value!r} is not a finite number")
+            value = float(value)
+        attributes = tuple(sorted((k, v) for k, v in sample.attributes.items() if k in schema)) if source.form == "cot" else ()
+        items.append(TrainItem(str(dataset.image_path(sample)), source.task, value, source.manifest,
+                               source.form == "cot", attributes))
+    if unannotated:
+        log(f"{source.manifest}: {unannotated} of {len(dataset.samples)} samples have no {source.task!r} value; "
+            "they are not used for that task")
+    return items, list(schema.values())
+
+
+def attribute_tasks(schema: Sequence[AttributeSpec], decimals: int) -> dict[str, Task]:
+    """One task per attribute: categorical values as listed, numeric ones as scores in their range."""
+    tasks = {}
+    for spec in schema:
+        if spec.kind == "categorical":
+            tasks[spec.name] = attribute_task(spec.name, values=[str(v) for v in spec.values])
+            continue
+        if spec.low is None or not (0 <= spec.low and spec.high < 10):
+            raise ValueError(f"attribute {spec.name!r}: numeric range [{spec.low}, {spec.high}] does not fit one "
+                             "integer digit; map it into 0..9.99 when preparing the data")
+        whole = bool(spec.values) and all(float(v).is_integer() for v in spec.values)
+        high = spec.high if spec.high > spec.low else spec.low + 1
+        tasks[spec.name] = attribute_task(spec.name, low=spec.low, high=high, decimals=0 if whole else decimals)
+    return tasks
 
 
 def mix_sources(per_source: Sequence[tuple[DataSource, list[TrainItem]]], seed: int) -> list[TrainItem]:
@@ -240,43 +286,58 @@ def check_images(items: Sequence[TrainItem], builder: ExampleBuilder) -> list[st
 
 
 class AnswerEncoder:
-    """Turns (task, value) into token ids and labels: the question and image masked, the answer supervised.
+    """Turns a :class:`TrainItem` into token ids and labels: question and image masked, answer supervised.
 
-    Also records where the score's digits sit, for the NCM loss and metrics.
+    Also records where the score's digits sit (for a CoT answer: the final score's), for the NCM
+    loss and metrics.
     """
 
-    def __init__(self, tokenizer, tasks: dict[str, Task], decimals: int, digit_ids: Sequence[int]):
+    def __init__(self, tokenizer, tasks: dict[str, Task], digit_ids: Sequence[int], attributes: Sequence[str] = (),
+                 cot_form: str = "list"):
         self.tokenizer = tokenizer
-        self.tasks = {name: task.with_decimals(decimals) for name, task in tasks.items()}
+        self.tasks = dict(tasks)
+        self.attributes = [self.tasks[name] for name in attributes]
+        self.cot_form = cot_form
         self.digit_ids = set(digit_ids)
-        self._prompts: dict[str, str] = {}
+        self._prompts: dict[tuple[str, bool], str] = {}
 
     def task(self, name: str) -> Task:
         if name not in self.tasks:
             raise ValueError(f"unknown task {name!r}; known: {', '.join(self.tasks)}")
         return self.tasks[name]
 
-    def encode(self, task_name: str, value: float) -> tuple[list[int], list[int], list[int]]:
-        """(input ids, labels, positions of the score digits in the labels)."""
-        task = self.task(task_name)
-        if not task.low <= value <= task.high:
-            raise ValueError(f"score {value} is outside the {task.name} range [{task.low:g}, {task.high:g}]")
-        if task_name not in self._prompts:
-            self._prompts[task_name] = self.tokenizer.apply_chat_template(
-                question_messages(task), add_generation_prompt=True, tokenize=False
-            )
-        prompt = self._prompts[task_name]
-        number = task.score_format.format(value)
+    def answer(self, item: TrainItem) -> str:
+        task = self.task(item.task)
+        if item.cot:
+            if not task.is_score:
+                raise ValueError(f"chain-of-thought answers need a score task, not {task.name!r}")
+            return cot_answer(task, item.value, self.attributes, dict(item.attributes), self.cot_form)
+        return task.answer_text(item.value)
+
+    def encode(self, item: TrainItem) -> tuple[list[int], list[int], list[int]]:
+        """(input ids, labels, positions of the score digits; empty for a categorical answer)."""
+        task = self.task(item.task)
+        if task.is_score and not task.low <= item.value <= task.high:
+            raise ValueError(f"score {item.value} is outside the {task.name} range [{task.low:g}, {task.high:g}]")
+        key = (task.name, item.cot)
+        if key not in self._prompts:
+            self._prompts[key] = render_prompt(self.tokenizer, task, cot=item.cot, attributes=self.attributes)
+        prompt = self._prompts[key]
+        answer = self.answer(item)
         encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
         prompt_ids = encode(prompt)
-        before_number = encode(prompt + task.answer_prefix)
-        with_number = encode(prompt + task.answer_prefix + number)
-        full = encode(prompt + task.answer_text(value)) + [self.tokenizer.eos_token_id]
-        if full[: len(prompt_ids)] != prompt_ids or with_number[: len(before_number)] != before_number:
+        full = encode(prompt + answer) + [self.tokenizer.eos_token_id]
+        if full[: len(prompt_ids)] != prompt_ids:
             raise ValueError(f"task {task.name!r}: the answer does not start on a token boundary")
-        digits = [i for i in range(len(before_number), len(with_number)) if full[i] in self.digit_ids]
-        if len(digits) != task.score_format.num_digits:
-            raise ValueError(f"task {task.name!r}: the score {number!r} is not one token per digit")
+        digits = []
+        if task.is_score:
+            number = task.value_text(item.value)
+            end = answer.rindex(number) + len(number)  # the score is the answer's last number
+            through_number = encode(prompt + answer[:end])
+            digits = [i for i in range(len(prompt_ids), len(through_number)) if full[i] in self.digit_ids]
+            digits = digits[-task.score_format.num_digits:]
+            if [self.tokenizer.decode([full[i]]) for i in digits] != [ch for ch in number if ch.isdigit()]:
+                raise ValueError(f"task {task.name!r}: the score {number!r} is not one token per digit")
         labels = [IGNORE_INDEX] * len(prompt_ids) + full[len(prompt_ids) :]
         return full, labels, digits
 
@@ -294,15 +355,14 @@ class ScoreConversations(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Example:
         item = self.items[index]
-        ids, labels, digits = self.encoder.encode(item.task, item.value)
+        ids, labels, digits = self.encoder.encode(item)
         example = self.builder.build(item.image, item.image, ids, labels)
         shift = len(example.input_ids) - len(ids)  # the image placeholder became `shift + 1` tokens
-        fmt = self.encoder.task(item.task).score_format
-        example.extra = {
-            "digit_positions": [p + shift for p in digits],
-            "target_value": float(fmt.format(item.value)),
-            "target_digits": fmt.digits(item.value),
-        }
+        task = self.encoder.task(item.task)
+        example.extra = {"digit_positions": [p + shift for p in digits]}
+        if digits:
+            fmt = task.score_format
+            example.extra.update(target_value=float(fmt.format(item.value)), target_digits=fmt.digits(item.value))
         return example
 
 
@@ -315,17 +375,32 @@ class Collator:
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         batch = collate(examples, pad_id=self.pad_id, image_token_id=self.image_token_id,
                         padding_side="right", token_types=self.token_types)
-        widths = {len(e.extra["digit_positions"]) for e in examples}
-        if len(widths) == 1:  # one precision per run, so this always holds within a batch
-            batch["digit_positions"] = torch.tensor([e.extra["digit_positions"] for e in examples])
-            batch["target_digits"] = torch.tensor([e.extra["target_digits"] for e in examples])
-            batch["target_value"] = torch.tensor([e.extra["target_value"] for e in examples])
+        width = max(len(e.extra["digit_positions"]) for e in examples)
+        if width:  # rows without a score (categorical answers) are masked out of the NCM terms
+            pad = lambda values: list(values) + [0] * (width - len(values))  # noqa: E731
+            batch["digit_positions"] = torch.tensor([pad(e.extra["digit_positions"]) for e in examples])
+            batch["digit_mask"] = torch.tensor([pad([1] * len(e.extra["digit_positions"])) for e in examples])
+            batch["target_digits"] = torch.tensor([pad(e.extra.get("target_digits", [])) for e in examples])
+            batch["target_value"] = torch.tensor([e.extra.get("target_value", 0.0) for e in examples])
         return batch
 
 
 # ---------------------------------------------------------------- the trainer
 
-_SCORE_KEYS = ("digit_positions", "target_digits", "target_value")
+_SCORE_KEYS = ("digit_positions", "digit_mask", "target_digits", "target_value")
+
+
+def masked_ncm(logits: torch.Tensor, digit_ids: Sequence[int], mask: torch.Tensor,
+               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """NCM and NCM* per row over the positions ``mask`` keeps (scores of different lengths)."""
+    probs = digit_probs(logits, digit_ids)  # (B, P, 10)
+    values = torch.arange(10, dtype=probs.dtype, device=probs.device)
+    place = torch.tensor([10.0**-i for i in range(probs.shape[1])], dtype=probs.dtype, device=probs.device)
+    weight = place * mask.to(probs.dtype)
+    expected = ((probs * values).sum(-1) * weight).sum(-1)
+    wrong = 1.0 - torch.nn.functional.one_hot(labels.long(), 10).to(probs.dtype)
+    expected_wrong = ((probs * values * wrong).sum(-1) * weight).sum(-1)
+    return expected, expected_wrong
 
 
 def digit_logits(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -349,21 +424,24 @@ def _trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             score = {key: inputs.pop(key) for key in _SCORE_KEYS if key in inputs}
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-            if self.ncm_loss_weight and score:
-                expected = digit_expectation(digit_logits(outputs.logits, score["digit_positions"]), self.digit_ids)
-                loss = loss + self.ncm_loss_weight * torch.nn.functional.mse_loss(expected, score["target_value"].float())
+            rows = score["digit_mask"].any(-1) if score else None
+            if self.ncm_loss_weight and score and bool(rows.any()):
+                expected, _ = masked_ncm(digit_logits(outputs.logits, score["digit_positions"]), self.digit_ids,
+                                         score["digit_mask"], score["target_digits"])
+                error = torch.nn.functional.mse_loss(expected[rows], score["target_value"][rows].float())
+                loss = loss + self.ncm_loss_weight * error
             if not model.training and score:
                 self._record_ncm(outputs.logits.detach(), score)
             return (loss, outputs) if return_outputs else loss
 
         def _record_ncm(self, logits: torch.Tensor, score: dict) -> None:
-            selected = digit_logits(logits, score["digit_positions"])
-            expected = digit_expectation(selected, self.digit_ids)
-            wrong = digit_expectation_star(selected, self.digit_ids, score["target_digits"])
+            rows = score["digit_mask"].any(-1)
+            expected, wrong = masked_ncm(digit_logits(logits, score["digit_positions"]), self.digit_ids,
+                                         score["digit_mask"], score["target_digits"])
             totals = self._ncm_totals
-            totals["n"] = totals.get("n", 0) + len(expected)
-            totals["abs"] = totals.get("abs", 0.0) + float((expected - score["target_value"]).abs().sum())
-            totals["star"] = totals.get("star", 0.0) + float(wrong.sum())
+            totals["n"] = totals.get("n", 0) + int(rows.sum())
+            totals["abs"] = totals.get("abs", 0.0) + float((expected - score["target_value"])[rows].abs().sum())
+            totals["star"] = totals.get("star", 0.0) + float(wrong[rows].sum())
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             with torch.no_grad(), self.compute_loss_context_manager():
@@ -394,7 +472,7 @@ def _held_out_callback(scorer_factory, sources: list[tuple[DataSource, list[Trai
     """Scores the held-out images with the scorer (generation, as at inference) and logs SRCC/PLCC."""
     from transformers import TrainerCallback
 
-    from .metrics import evaluate
+    from .metrics import classification, evaluate
 
     class ScoreHeldOut(TrainerCallback):
         def __init__(self):
@@ -411,14 +489,22 @@ def _held_out_callback(scorer_factory, sources: list[tuple[DataSource, list[Trai
             logs = {}
             for source, items in sources:
                 items = items[:max_samples] if max_samples else items
-                results = scorer.score([item.image for item in items], task=source.task)
-                name = Path(source.manifest).stem
-                for field_name in ("score", "ncm"):
-                    evaluation = evaluate([getattr(r, field_name) for r in results], [item.value for item in items])
-                    tag = f"heldout_{name}" + ("" if field_name == "score" else "_ncm")
-                    logs[f"{tag}_srcc"] = evaluation.srcc
-                    logs[f"{tag}_plcc"] = evaluation.plcc
-                    logs[f"{tag}_failed"] = evaluation.n_failed
+                cot = source.form == "cot"
+                results = scorer.score([item.image for item in items], task=source.task, cot=cot)
+                name = f"{Path(source.manifest).stem}_{source.task}" + ("_cot" if cot else "")
+                labels = [item.value for item in items]
+                if scorer.task(source.task).is_score:
+                    for field_name in ("score", "ncm"):
+                        evaluation = evaluate([getattr(r, field_name) for r in results], labels)
+                        tag = f"heldout_{name}" + ("" if field_name == "score" else "_ncm")
+                        logs[f"{tag}_srcc"] = evaluation.srcc
+                        logs[f"{tag}_plcc"] = evaluation.plcc
+                        logs[f"{tag}_failed"] = evaluation.n_failed
+                else:
+                    evaluation = classification([r.score if r.status == "ok" else None for r in results], labels)
+                    logs[f"heldout_{name}_accuracy"] = evaluation.accuracy
+                    logs[f"heldout_{name}_macro_f1"] = evaluation.macro_f1
+                    logs[f"heldout_{name}_failed"] = evaluation.n_failed
                 logs[f"heldout_{name}_rows"] = len(items)
             if was_training:
                 trainer.model.train()
@@ -515,18 +601,24 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
     set_seed(config.seed)
     started = time.time()
     loaded = load_model(config.model, device="cpu", dtype=_load_dtype(config))
-    tasks = dict(loaded.card.tasks)
     builder = ExampleBuilder(loaded.image_processor, loaded.model.config.image_token_id,
                              min_pixels=config.min_pixels, max_pixels=config.max_pixels)
-    encoder = AnswerEncoder(loaded.tokenizer, tasks, config.decimals, loaded.digit_ids)
 
-    train_sources = [(source, read_source(source)) for source in config.train]
-    eval_sources = [(source, read_source(source)) for source in config.eval]
+    read = {id(source): read_source(source, log) for source in config.train + config.eval}
+    train_sources = [(source, read[id(source)][0]) for source in config.train]
+    eval_sources = [(source, read[id(source)][0]) for source in config.eval]
+    schema = {spec.name: spec for _, specs in read.values() for spec in specs}
+    tasks = {name: task.with_decimals(config.decimals) for name, task in loaded.card.tasks.items()}
+    tasks.update(attribute_tasks(list(schema.values()), config.decimals))
+    uses_cot = any(source.form == "cot" for source in config.train)
+    asked = {source.task for source in config.train}
+    attributes = [name for name in schema if uses_cot or name in asked]
+    encoder = AnswerEncoder(loaded.tokenizer, tasks, loaded.digit_ids, attributes, config.cot_form)
     for source, items in train_sources + eval_sources:
         encoder.task(source.task)  # unknown task names fail now
         for row, item in enumerate(items, 1):
             try:
-                encoder.encode(item.task, item.value)
+                encoder.encode(item)
             except ValueError as err:
                 raise ValueError(f"{source.manifest}: sample {row}: {err}") from None
     problems = check_images([item for _, items in train_sources + eval_sources for item in items], builder)
@@ -583,9 +675,11 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
         ncm_loss_weight=config.ncm_loss_weight,
     )
 
+    card = _card(config, encoder)
+
     def scorer_for(current_model) -> Scorer:
-        view = ScoringModel(current_model, loaded.tokenizer, loaded.image_processor,
-                            ModelCard(tasks=encoder.tasks), loaded.digit_ids, "in-training")
+        view = ScoringModel(current_model, loaded.tokenizer, loaded.image_processor, card, loaded.digit_ids,
+                            "in-training")
         return Scorer(view, batch_size=max(1, config.per_device_batch_size * 2),
                       min_pixels=config.min_pixels, max_pixels=config.max_pixels)
 
@@ -599,7 +693,7 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
     outcome = trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
     if do_eval:
         trainer.evaluate()
-    _save(trainer, loaded, config, encoder.tasks)
+    _save(trainer, loaded, config, card)
     wall = time.time() - started
     return TrainResult(
         output_dir=Path(config.output_dir),
@@ -612,7 +706,23 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
     )
 
 
-def _save(trainer, loaded: ScoringModel, config: TrainConfig, tasks: dict[str, Task]) -> None:
+def _card(config: TrainConfig, encoder: AnswerEncoder) -> ModelCard:
+    """What the output answers: the tasks trained, the attributes (asked or reasoned over), the CoT form."""
+    attribute_names = [task.name for task in encoder.attributes]
+    used = [name for name in dict.fromkeys(source.task for source in config.train) if name not in attribute_names]
+    return ModelCard(
+        tasks={name: encoder.task(name) for name in used + attribute_names},
+        description=f"{config.finetuning} fine-tune of {config.model} with realqa",
+        trained_on=[source.manifest for source in config.train],
+        min_pixels=config.min_pixels,
+        max_pixels=config.max_pixels,
+        attributes=attribute_names,
+        cot_form=config.cot_form if any(source.form == "cot" for source in config.train) else None,
+        extra={"base_model": config.model, "finetuning": config.finetuning, "train_config": config.to_dict()},
+    )
+
+
+def _save(trainer, loaded: ScoringModel, config: TrainConfig, card: ModelCard) -> None:
     """The adapter (LoRA) or full weights, plus tokenizer, image processor and the card the scorer reads."""
     out = Path(config.output_dir)
     trainer.save_model(str(out))
@@ -620,14 +730,5 @@ def _save(trainer, loaded: ScoringModel, config: TrainConfig, tasks: dict[str, T
         return
     loaded.tokenizer.save_pretrained(out)
     loaded.image_processor.save_pretrained(out)
-    used = sorted({source.task for source in config.train})
-    card = ModelCard(
-        tasks={name: tasks[name] for name in used},
-        description=f"{config.finetuning} fine-tune of {config.model} with realqa",
-        trained_on=[source.manifest for source in config.train],
-        min_pixels=config.min_pixels,
-        max_pixels=config.max_pixels,
-        extra={"base_model": config.model, "finetuning": config.finetuning, "train_config": config.to_dict()},
-    )
     card.save(out)
     (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
