@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,all]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,7 +34,7 @@ COMPAT_TRANSFORMERS ?= transformers==5.17.0
 test-compat:
 	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
 	$(COMPAT_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(COMPAT_VENV)/bin/python -m pip install --quiet -e ".[test]" "$(COMPAT_TRANSFORMERS)"
+	$(COMPAT_VENV)/bin/python -m pip install --quiet -e ".[test,all]" "$(COMPAT_TRANSFORMERS)"
 	$(COMPAT_VENV)/bin/python -m pytest -q tests/test_engine.py tests/test_train.py tests/test_end_to_end.py
 
 clean:

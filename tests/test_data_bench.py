@@ -89,15 +89,6 @@ def test_out_of_range_scores_are_counted_and_evaluated(six_images, tmp_path):
     assert table.rows[0].out_of_range == 1 and table.rows[0].evaluated == 4
 
 
-def test_video_datasets_are_refused_before_scoring(six_images, tmp_path):
-    lines = [f"Video/{n}.mp4, 10.0, 30.0, 50" for n in "ab"]
-    videos = data.load("livevqc", labels=write_text(tmp_path / "livevqc_labels.txt", "\n".join(lines) + "\n"))
-    scorer = StubScorer([2.0] * 6)
-    with pytest.raises(ValueError, match="livevqc holds videos; the scorer scores images only"):
-        run_bench(scorer, [("six", six_images), ("livevqc", videos)], tmp_path / "b")
-    assert scorer.calls == []
-
-
 def test_a_dataset_without_test_split_needs_a_choice(six_images, tmp_path):
     split = data.load("generic", six_images.root, labels=six_images.label_files[0]["path"], image_column="path",
                       score_columns="quality=mos", native_range="0,100", split="random", seed=1)

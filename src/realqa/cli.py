@@ -1,4 +1,4 @@
-"""Command line: ``realqa score | eval | train | data | bench | tiny-model``."""
+"""Command line: ``realqa score | eval | train | data | bench | serve | report | tiny-model``."""
 
 from __future__ import annotations
 
@@ -66,9 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     trainer.add_argument("--decimals", type=int, help="target precision 0..3 (the paper's ablation); same as decimals=K")
     trainer.set_defaults(run=_train)
 
+    from .commands import add_commands as add_app_commands, add_video_arguments
     from .data.commands import add_commands
 
     add_commands(commands)  # data list | prepare | export-llamafactory | import-llamafactory, and bench
+    add_app_commands(commands)  # serve, report
+    add_video_arguments(score)
 
     tiny = commands.add_parser("tiny-model", help="build the tiny random Qwen2-VL test model into a folder")
     tiny.add_argument("out", help="folder to write")
@@ -84,9 +87,11 @@ def _parser() -> argparse.ArgumentParser:
 def _score(args) -> int:
     from tqdm import tqdm
 
+    from .commands import video_options
     from .engine import load_scorer
     from .media import collect_inputs
     from .results import STATUS_ERROR, ResultWriter
+    from .video import FrameWriter, is_video, iter_with_videos
 
     inputs = collect_inputs(args.paths)
     if not inputs:
@@ -99,19 +104,22 @@ def _score(args) -> int:
     scorer = load_scorer(args.model or _default_model(), args.adapter, device=args.device, dtype=args.dtype, **options)
     attribute_names = [a.name for a in scorer.attributes] if (args.attributes or args.cot) else []
     writer = ResultWriter(args.out, attributes=attribute_names) if args.out else None
+    frames = FrameWriter(FrameWriter.beside(args.out)) if args.out and any(map(is_video, inputs)) else None
     results = []
-    progress = tqdm(total=len(inputs), unit="img", disable=args.quiet or None, file=sys.stderr)
+    progress = tqdm(total=len(inputs), unit="input", disable=args.quiet or None, file=sys.stderr)
     try:
-        for result in scorer.iter_scores(inputs, args.task, decimals=args.decimals, cot=args.cot,
-                                         attributes=args.attributes):
+        rows = iter_with_videos(scorer, inputs, args.task, decimals=args.decimals, video=video_options(args),
+                                on_video=frames.write if frames else None, cot=args.cot, attributes=args.attributes)
+        for result in rows:
             results.append(result)
             if writer:
                 writer.write(result)
             progress.update()
     finally:
         progress.close()
-        if writer:
-            writer.close()
+        for file in (writer, frames):
+            if file:
+                file.close()
     if not args.quiet:
         _print_ranking(results, attribute_names)
     errors = sum(r.status == STATUS_ERROR for r in results)

@@ -257,7 +257,7 @@ class Scorer:
         n_images, n_questions = len(examples), len(suffixes)
         prefix = self.collate(examples)
         outputs = model(**prefix, use_cache=True, logits_to_keep=1)
-        cache = outputs.past_key_values
+        cache = _returned_cache(outputs)
         cache.batch_repeat_interleave(n_questions)  # row b * Q + q: image b, question q
 
         rows = n_images * n_questions
@@ -283,7 +283,7 @@ class Scorer:
             outputs = model(input_ids=step_ids, attention_mask=mask,
                             position_ids=step_positions.unsqueeze(0).expand(3, -1, -1),
                             use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
-            cache = outputs.past_key_values
+            cache = _returned_cache(outputs)
             logits = outputs.logits[:, -1].float()
             next_token = logits.argmax(-1)
             next_token = torch.where(finished, torch.full_like(next_token, self._pad_id), next_token)
@@ -309,6 +309,13 @@ class Scorer:
                 per_question.append(_Answer(seq, digits[row, : len(seq)]))
             answers.append(per_question)
         return answers
+
+    def read_answer(self, label: str, question: Question, tokens: Sequence[int], digit_logits: torch.Tensor) -> ScoreResult:
+        """Read a generated answer produced elsewhere (e.g. for a video input) the way scoring does.
+
+        ``digit_logits`` (steps, 10) holds the logits of "0".."9" at each generated step.
+        """
+        return self._read(label, question, _Answer(list(tokens), digit_logits))
 
     def _read(self, label: str, question: Question, answer: _Answer) -> ScoreResult:
         """Parse one answer; for scores, the NCM value at the digits of the number that was read."""
@@ -350,6 +357,11 @@ class Scorer:
         for answer in attribute_answers:
             entries[answer.task] = {"value": answer.score, "status": answer.status, "text": answer.text}
         return main.with_attributes(entries)
+
+
+def _returned_cache(outputs):
+    """The KV cache a forward returned (``cache`` from transformers 5.2x, ``past_key_values`` before)."""
+    return outputs["cache"] if "cache" in outputs else outputs.past_key_values
 
 
 def _attribute_entry(task: Task, stated: str | None) -> dict:

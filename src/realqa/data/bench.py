@@ -104,24 +104,26 @@ def run_bench(
     limit: int | None = None,
     model: str = "model",
     progress: bool = False,
+    video: dict | None = None,
 ) -> BenchTable:
     """Score each dataset's evaluated split with ``scorer`` and return (and write) the table.
 
     ``datasets``: (name, Dataset or manifest path). ``split``: the split to score (default
     ``test``, else ``all``). ``limit``: score only the first N samples (smoke runs).
+    Video datasets are scored by :func:`realqa.video.score_video` with the ``video`` options
+    (``mode``, ``sampling``); their frames are listed in ``<dataset>.frames.csv``.
     """
     out_dir = Path(out_dir)
     chosen = [(name, _evaluated_split(name, _as_dataset(source), split)) for name, source in datasets]
     for name, dataset in chosen:  # refuse before spending time on the others
-        if dataset.media != "image":
-            raise ValueError(f"{name} holds {dataset.media}s; the scorer scores images only "
-                             "(video frame sampling is not implemented yet)")
+        if dataset.media not in ("image", "video"):
+            raise ValueError(f"{name} holds {dataset.media}s; the scorer scores images and videos only")
     rows = []
     for name, dataset in chosen:
         if limit is not None:
             dataset = replace(dataset, samples=dataset.samples[:limit])
         for task in dataset.tasks:
-            rows.append(_score_dataset(scorer, name, dataset, task, out_dir, decimals, batch_size, progress))
+            rows.append(_score_dataset(scorer, name, dataset, task, out_dir, decimals, batch_size, progress, video))
     table = BenchTable(rows, model)
     table.write(out_dir)
     return table
@@ -149,17 +151,23 @@ def _evaluated_split(name: str, dataset: Dataset, split: str | None) -> Dataset:
     return dataset.subset(split)
 
 
-def _score_dataset(scorer, name, dataset: Dataset, task, out_dir: Path, decimals, batch_size, progress) -> BenchRow:
+def _score_dataset(scorer, name, dataset: Dataset, task, out_dir: Path, decimals, batch_size, progress,
+                   video) -> BenchRow:
     samples = [s for s in dataset.samples if task in s.scores]
     paths = [str(dataset.image_path(s)) for s in samples]
-    results = scorer.iter_scores(paths, task, decimals=decimals, batch_size=batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        results = tqdm(results, total=len(paths), desc=f"{name} {task}", unit="img", file=sys.stderr)
     stem = name if len(dataset.tasks) == 1 else f"{name}.{task}"
     predictions_path = out_dir / f"{stem}.predictions.csv"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if dataset.media == "video":
+        results = _video_results(scorer, paths, task, out_dir / f"{stem}.frames.csv",
+                                 dict(video or {}, decimals=decimals, batch_size=batch_size))
+    else:
+        results = scorer.iter_scores(paths, task, decimals=decimals, batch_size=batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        unit = "video" if dataset.media == "video" else "img"
+        results = tqdm(results, total=len(paths), desc=f"{name} {task}", unit=unit, file=sys.stderr)
     preds, labels = [], []
     counts = {STATUS_ERROR: 0, PARSE_NO_SCORE: 0, PARSE_OUT_OF_RANGE: 0}
     with open(predictions_path, "w", newline="", encoding="utf-8") as handle:
@@ -185,6 +193,16 @@ def _score_dataset(scorer, name, dataset: Dataset, task, out_dir: Path, decimals
         plcc_logistic=result.plcc_logistic, rmse=result.rmse, rmse_native=native_rmse,
         predictions=str(predictions_path),
     )
+
+
+def _video_results(scorer, paths, task, frames_path: Path, options: dict):
+    """Each video's row, in order, writing its frames to ``frames_path`` on the way."""
+    from ..video import FrameWriter, score_videos
+
+    with FrameWriter(frames_path) as frames:
+        for video in score_videos(scorer, paths, task, **options):
+            frames.write(video)
+            yield video.result
 
 
 def _number(value: float) -> str:

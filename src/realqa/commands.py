@@ -1,0 +1,114 @@
+"""Command line: ``realqa serve`` and ``realqa report``, and the video options of ``realqa score``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .serve import MiB, ServeLimits
+
+
+def add_commands(subparsers) -> None:
+    """Add ``serve`` and ``report`` to an ``argparse`` subparsers object."""
+    defaults = ServeLimits()
+    serve = subparsers.add_parser("serve", help="HTTP scoring service (POST /score, GET /health, docs at /docs)")
+    add_scorer_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    limits = serve.add_argument_group("limits")
+    limits.add_argument("--max-images", type=int, default=defaults.max_images, help="images per request")
+    limits.add_argument("--max-image-mb", type=float, default=defaults.max_image_bytes / MiB, help="MiB per upload")
+    limits.add_argument("--max-request-mb", type=float, default=defaults.max_request_bytes / MiB, help="MiB per request body")
+    limits.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels, help="pixels per image")
+    limits.add_argument("--timeout", type=float, default=defaults.request_timeout,
+                        help="seconds per request, upload included (default: %(default)s)")
+    limits.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                        help="how long an image waits for others to share its model batch (default: %(default)s)")
+    limits.add_argument("--max-queue", type=int, default=defaults.max_queue, help="images queued before 503s")
+    limits.add_argument("--max-connections", type=int, default=64, help="open connections before 503s")
+    serve.set_defaults(run=_serve)
+
+    report = subparsers.add_parser("report", help="HTML report of a scores file: ranking, thumbnails, plots, metrics")
+    report.add_argument("scores", help="our .csv/.jsonl results or bench predictions")
+    report.add_argument("--out", required=True, help="the HTML file to write (plots go beside it as PNG)")
+    report.add_argument("--labels", help="a realqa manifest, or a CSV/JSONL with an image column and a label column; "
+                                         "matched by path, then file name")
+    report.add_argument("--label-column", help="label column of --labels (default: the first of mos, MOS, score, label)")
+    report.add_argument("--title", help="page title")
+    report.add_argument("--image-root", help="folder relative image paths start from (default: here, else the scores file's folder)")
+    report.add_argument("--thumb-size", type=int, default=160, help="thumbnail size in pixels")
+    report.add_argument("--max-thumbnails", type=int, default=1000, help="thumbnails for the best N rows only")
+    report.set_defaults(run=_report)
+
+
+def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model folder or hub id (default: a tiny random test model; see README)")
+    parser.add_argument("--adapter", help="PEFT LoRA adapter folder")
+    parser.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
+    parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per model batch")
+    parser.add_argument("--min-pixels", type=int, help="image processor lower pixel bound (default: the model card's)")
+    parser.add_argument("--max-pixels", type=int, help="image processor upper pixel bound (default: the model card's)")
+
+
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--video-mode``, ``--frames``, ``--fps``: how video files are sampled and scored."""
+    from .video import MODES
+
+    group = parser.add_argument_group("videos")
+    group.add_argument("--video-mode", choices=MODES, default="frames",
+                       help="frames: score sampled frames, the mean is the clip's score; video: one Qwen2-VL video input")
+    group.add_argument("--frames", type=int, default=8, help="frames sampled per video, uniformly (default: 8; the cap with --fps)")
+    group.add_argument("--fps", type=float, help="sample about this many frames per second instead, at most --frames")
+
+
+def video_options(args: argparse.Namespace) -> dict:
+    """The ``video`` options of :func:`realqa.video.iter_with_videos` from :func:`add_video_arguments`."""
+    from .video import FrameSampling
+
+    return {"mode": args.video_mode, "sampling": FrameSampling(frames=args.frames, fps=args.fps)}
+
+
+def _load_scorer(args):
+    from .cli import _default_model
+    from .engine import load_scorer
+
+    options = {"batch_size": args.batch_size}
+    if args.min_pixels:
+        options["min_pixels"] = args.min_pixels
+    if args.max_pixels:
+        options["max_pixels"] = args.max_pixels
+    return load_scorer(args.model or _default_model(), args.adapter, device=args.device, dtype=args.dtype, **options)
+
+
+def _serve(args) -> int:
+    from .serve import run
+
+    limits = ServeLimits(max_images=args.max_images, max_image_bytes=int(args.max_image_mb * MiB),
+                         max_request_bytes=int(args.max_request_mb * MiB), max_image_pixels=args.max_image_pixels,
+                         request_timeout=args.timeout, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                         max_batch=args.batch_size)
+    scorer = _load_scorer(args)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: listening on {args.host}: other machines can reach this service", file=sys.stderr)
+    print(f"realqa serve: http://{args.host}:{args.port}  (POST /score, GET /health, docs at /docs)", file=sys.stderr)
+    run(scorer, limits, host=args.host, port=args.port, max_connections=args.max_connections)
+    return 0
+
+
+def _report(args) -> int:
+    from .report import build_report
+
+    labels = None
+    if args.labels:
+        from .evaluation import read_labels
+
+        labels = read_labels(args.labels, args.label_column).scores
+    files = build_report(args.scores, args.out, labels=labels, title=args.title, image_root=args.image_root,
+                         thumb_size=args.thumb_size, max_thumbnails=args.max_thumbnails)
+    print(f"report: {files.html}")
+    print(f"plots: {files.histogram}" + (f", {files.scatter}" if files.scatter else ""))
+    if files.evaluation is not None:
+        ev = files.evaluation
+        print(f"SRCC {ev.srcc:.4f}  PLCC {ev.plcc:.4f}  ({ev.n_evaluated} of {ev.n_total} labelled rows scored)")
+    return 0

@@ -1,0 +1,403 @@
+"""Video quality, zero-shot: sample frames with PyAV and score them with an image scorer.
+
+Two ways to score a clip (``mode``):
+
+- ``"frames"``: every sampled frame is scored as an image; the clip's score is the mean of the frame
+  scores, which are kept (:attr:`VideoScore.frames`, or a side file via :class:`FrameWriter`).
+- ``"video"``: the sampled frames go to Qwen2-VL as one video input (frame pairs share a temporal
+  patch, ``<|video_pad|>`` placeholders, ``pixel_values_videos``); the model answers once per clip.
+
+Frames are decoded one at a time and only the sampled ones are kept, so memory holds at most the
+sampled frames whatever the clip's length; far-apart samples are reached by seeking, not decoding.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from .batching import accepts_token_types
+from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError, _check_file
+from .numeric import PARSE_NO_SCORE, PARSE_OK, PARSE_OUT_OF_RANGE
+from .results import STATUS_ERROR, ScoreResult
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "MODES",
+    "FrameSampling",
+    "SampledFrame",
+    "FrameScore",
+    "VideoScore",
+    "FrameWriter",
+    "is_video",
+    "sample_frames",
+    "score_video",
+    "score_videos",
+    "iter_with_videos",
+    "video_inputs",
+]
+
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+     ".wmv", ".flv", ".3gp", ".ogv", ".y4m"}
+)
+MODES = ("frames", "video")
+SEEK_GAP_SECONDS = 4.0  # beyond this distance to the next sample, seeking beats decoding every frame
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a video file (by its extension; the file is not opened)."""
+    return os.path.splitext(os.fsdecode(path))[1].lower() in VIDEO_EXTENSIONS
+
+
+# ---------------------------------------------------------------- frame sampling
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """Which frames to take: ``frames`` spread uniformly over the clip, or about ``fps`` frames per
+    second when ``fps`` is set, never more than ``frames``. Each sample is the first frame shown at
+    or after the middle of its equal share of the clip."""
+
+    frames: int = 8
+    fps: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ValueError(f"fps must be a positive number, got {self.fps}")
+
+    def count(self, duration: float) -> int:
+        if self.fps is None:
+            return self.frames
+        return max(1, min(self.frames, round(duration * self.fps)))
+
+    def times(self, start: float, duration: float) -> list[float]:
+        """Sample times in seconds, on the stream's clock."""
+        n = self.count(duration)
+        return [start + (i + 0.5) * duration / n for i in range(n)]
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    index: int  # position among the samples
+    time: float  # presentation time in seconds
+    image: Image.Image = field(repr=False)
+
+
+def sample_frames(
+    path: str | os.PathLike,
+    sampling: FrameSampling = FrameSampling(),
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> tuple[list[SampledFrame], float]:
+    """Decode the sampled frames of a video file: (frames as RGB images, clip duration in seconds).
+
+    Raises :class:`MediaError` naming ``path`` for missing, empty, corrupt or truncated files, files
+    without a video stream or decodable frame, and frames larger than ``max_pixels``. A clip shorter
+    than its header claims gives the frames it has (later samples repeat the last frame shown).
+    """
+    import av
+
+    name = os.fsdecode(path)
+    _check_file(path, name)
+    try:
+        with av.open(name, metadata_errors="ignore") as container:
+            if not container.streams.video:
+                raise MediaError(name, "has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if width * height > max_pixels:
+                raise MediaError(name, f"video frames are too large ({width}x{height}, limit {max_pixels:,} pixels)")
+            start, duration = _time_span(container, stream)
+            frames = list(_decode_at(container, stream, sampling.times(start, duration)))
+    except av.FFmpegError as err:  # PyAV's base error: unreadable container, corrupt or truncated data
+        raise MediaError(name, f"not a readable video, or its data is truncated or corrupt ({err})") from None
+    if not frames:
+        raise MediaError(name, "no video frame could be decoded")
+    return [SampledFrame(i, time, image) for i, (time, image) in enumerate(frames)], duration
+
+
+def _time_span(container, stream) -> tuple[float, float]:
+    """(start, duration) of the video stream in seconds, from the headers or, failing that, the packets."""
+    base = stream.time_base
+    start = float(stream.start_time * base) if stream.start_time is not None and base else 0.0
+    if stream.duration and base:
+        return start, float(stream.duration * base)
+    if container.duration:
+        return start, container.duration / 1_000_000  # AV_TIME_BASE
+    # No duration in the headers (e.g. raw streams): read the packets' timestamps, without decoding.
+    first, end = None, None
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            first = packet.pts if first is None else min(first, packet.pts)
+            end = max(end or packet.pts, packet.pts + (packet.duration or 0))
+    container.seek(0)
+    if first is None or not base:
+        raise MediaError(container.name, "video has no timestamps to sample by")
+    return float(first * base), float((end - first) * base)
+
+
+def _decode_at(container, stream, times: Sequence[float]) -> Iterator[tuple[float, Image.Image]]:
+    """For each time, the first frame shown at or after it (the last frame once the stream ends).
+
+    Only the chosen frames are converted to images; the others are dropped as they are decoded.
+    """
+    decoded = container.decode(stream)
+    last = None  # (time, frame) of the latest decoded frame
+    for target in times:
+        if last is None or target - last[0] > SEEK_GAP_SECONDS:
+            if last is not None or target > SEEK_GAP_SECONDS:
+                container.seek(int(target / stream.time_base), stream=stream, backward=True)
+                decoded = container.decode(stream)
+        while last is None or last[0] < target:
+            frame = next(decoded, None)
+            if frame is None:
+                break  # the stream ended early: repeat the last frame shown
+            last = (float(frame.time) if frame.time is not None else target, frame)
+        if last is None:
+            return
+        yield last[0], last[1].to_image()
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@dataclass(frozen=True)
+class FrameScore:
+    index: int
+    time: float
+    score: float | None
+    ncm: float | None
+    status: str
+    text: str
+
+    def to_row(self) -> dict:
+        return {"index": self.index, "time": round(self.time, 3), "score": self.score, "ncm": self.ncm,
+                "status": self.status, "text": self.text}
+
+
+@dataclass(frozen=True)
+class VideoScore:
+    """A clip's row (``result``: same fields as an image's, ``path`` = the video) and its frames.
+
+    In ``"frames"`` mode each frame carries its score; in ``"video"`` mode only its time.
+    """
+
+    result: ScoreResult
+    mode: str
+    duration: float | None = None
+    frames: tuple[FrameScore, ...] = ()
+
+
+def score_video(
+    scorer,
+    path: str | os.PathLike,
+    task: str = "quality",
+    *,
+    mode: str = "frames",
+    sampling: FrameSampling = FrameSampling(),
+    decimals: int | None = None,
+    batch_size: int | None = None,
+) -> VideoScore:
+    """Score one video file with an image :class:`~realqa.engine.Scorer`; bad files give an error row."""
+    if mode not in MODES:
+        raise ValueError(f"unknown video mode {mode!r}; use one of {', '.join(MODES)}")
+    spec = scorer.task(task, decimals)  # unknown task or decimals: raise before decoding anything
+    if not getattr(spec, "is_score", True):
+        raise ValueError(f"task {spec.name!r} answers words, not scores; a video's frames cannot be averaged")
+    label = os.fsdecode(path)
+    try:
+        frames, duration = sample_frames(path, sampling, max_pixels=scorer.examples.max_image_pixels)
+    except MediaError as err:
+        return VideoScore(ScoreResult.failed(label, spec.name, str(err)), mode)
+    if mode == "video":
+        result = _score_as_video(scorer, frames, duration, spec, label)
+        kept = tuple(FrameScore(f.index, f.time, None, None, "", "") for f in frames)
+        return VideoScore(result, mode, duration, kept)
+    results = scorer.score([f.image for f in frames], spec.name, decimals=decimals, batch_size=batch_size)
+    scored = tuple(FrameScore(f.index, f.time, r.score, r.ncm, r.status, r.text or r.error or "")
+                   for f, r in zip(frames, results))
+    return VideoScore(_mean_of_frames(label, spec.name, scored), mode, duration, scored)
+
+
+def score_videos(scorer, paths: Iterable[str | os.PathLike], task: str = "quality", **options) -> Iterator[VideoScore]:
+    """:func:`score_video` for each path, in order (options as there)."""
+    for path in paths:
+        yield score_video(scorer, path, task, **options)
+
+
+def iter_with_videos(
+    scorer,
+    inputs: Iterable[str | os.PathLike],
+    task: str = "quality",
+    *,
+    decimals: int | None = None,
+    batch_size: int | None = None,
+    video: dict | None = None,
+    on_video: Callable[[VideoScore], None] | None = None,
+    **image_options,
+) -> Iterator[ScoreResult]:
+    """One row per input, in input order: images batched by ``scorer.iter_scores`` (with
+    ``image_options``, e.g. ``attributes``), video files (:func:`is_video`) by :func:`score_video`
+    with the ``video`` options; ``on_video`` sees each :class:`VideoScore` (e.g.
+    ``FrameWriter.write``) before its row is yielded."""
+    inputs = list(inputs)
+    asked = sorted(name for name, value in image_options.items() if value)
+    if asked and any(is_video(item) for item in inputs):
+        raise ValueError(f"{', '.join(asked)}: not available for videos; score the videos separately")
+    images: list = []
+    for item in inputs:
+        if not is_video(item):
+            images.append(item)
+            continue
+        if images:
+            yield from scorer.iter_scores(images, task, decimals=decimals, batch_size=batch_size, **image_options)
+            images = []
+        scored = score_video(scorer, item, task, decimals=decimals, batch_size=batch_size, **(video or {}))
+        if on_video is not None:
+            on_video(scored)
+        yield scored.result
+    if images:
+        yield from scorer.iter_scores(images, task, decimals=decimals, batch_size=batch_size, **image_options)
+
+
+def _mean_of_frames(label: str, task: str, frames: Sequence[FrameScore]) -> ScoreResult:
+    """The clip's row: the mean frame score, only when every frame has one (none is dropped)."""
+    missing = [f for f in frames if f.score is None]
+    listing = " ".join(f"{f.score:g}" if f.score is not None else f.status for f in frames)
+    if missing:
+        statuses = {f.status for f in missing}
+        status = STATUS_ERROR if statuses == {STATUS_ERROR} else PARSE_NO_SCORE
+        return ScoreResult(label, task, None, None, status, f"frames: {listing}",
+                           f"{len(missing)} of {len(frames)} frames have no score (first: frame {missing[0].index} "
+                           f"at {missing[0].time:.2f}s: {missing[0].text or missing[0].status})")
+    score = sum(f.score for f in frames) / len(frames)
+    ncms = [f.ncm for f in frames]
+    ncm = sum(ncms) / len(ncms) if all(n is not None for n in ncms) else None
+    status = PARSE_OUT_OF_RANGE if any(f.status == PARSE_OUT_OF_RANGE for f in frames) else PARSE_OK
+    return ScoreResult(label, task, score, ncm, status, f"mean of {len(frames)} frames: {listing}")
+
+
+# ---------------------------------------------------------------- mode "video": one Qwen2-VL video input
+
+
+def video_inputs(scorer, frames: Sequence[Image.Image], task, *, duration: float | None = None) -> dict[str, torch.Tensor]:
+    """Model inputs asking ``task`` about ``frames`` as one video (batch of one, on the model's device).
+
+    Each frame goes through the checkpoint's image processor (same resizing and normalisation as
+    images). An image's patch repeats its frame over the ``temporal_patch_size`` (2) temporal slots;
+    a video patch holds consecutive frames there instead, pairs in order, the last frame repeated to
+    fill the final pair, exactly as transformers' Qwen2-VL video processor lays them out.
+    """
+    loaded = scorer.loaded
+    processor = loaded.image_processor
+    step, patch, merge = processor.temporal_patch_size, processor.patch_size, processor.merge_size
+    images = list(frames) + [frames[-1]] * (-len(frames) % step)
+    features = processor(images=images, size=scorer.examples.size, return_tensors="pt")
+    grids = features["image_grid_thw"]
+    if not bool((grids == grids[0]).all()):
+        raise ValueError("all frames of a video must have the same size")
+    per_frame = int(grids[0].prod())
+    channels = features["pixel_values"].shape[1] // (step * patch * patch)
+    pixels = features["pixel_values"].view(len(images), per_frame, channels, step, patch, patch)[:, :, :, 0]
+    groups = len(images) // step
+    pixels = pixels.view(groups, step, per_frame, channels, patch, patch).permute(0, 2, 3, 1, 4, 5)
+    grid = torch.tensor([[groups, int(grids[0, 1]), int(grids[0, 2])]])
+
+    config = loaded.model.config
+    prompt = scorer.prompt_ids(task)
+    at = prompt.index(config.image_token_id)
+    tokens = groups * per_frame // merge**2
+    input_ids = torch.tensor([prompt[:at] + [config.video_token_id] * tokens + prompt[at + 1:]])
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "pixel_values_videos": pixels.reshape(groups * per_frame, -1),
+        "video_grid_thw": grid,
+    }
+    if accepts_token_types(loaded.model):
+        batch["mm_token_type_ids"] = (input_ids == config.video_token_id).long() * 2  # 2 = video
+    if duration and "second_per_grid_ts" in _forward_parameters(loaded.model):
+        # Qwen2.5-VL spaces temporal positions by real time: seconds covered by one temporal patch.
+        batch["second_per_grid_ts"] = torch.tensor([step * duration / len(frames)])
+    batch = {key: value.to(loaded.device) for key, value in batch.items()}
+    batch["pixel_values_videos"] = batch["pixel_values_videos"].to(loaded.dtype)
+    return batch
+
+
+def _forward_parameters(model) -> Iterable[str]:
+    return inspect.signature(getattr(model, "get_base_model", lambda: model)().forward).parameters
+
+
+@torch.inference_mode()
+def _score_as_video(scorer, frames: Sequence[SampledFrame], duration: float, task, label: str) -> ScoreResult:
+    """Greedy answer to one video input (transformers' ``generate`` on the prepared video batch),
+    read by the engine exactly as an image's answer is read (parsing, NCM at the digit positions)."""
+    from transformers import GenerationConfig
+
+    from .engine import Question
+
+    try:
+        batch = video_inputs(scorer, [f.image for f in frames], task, duration=duration)
+    except ValueError as err:  # e.g. an aspect ratio the processor refuses
+        return ScoreResult.failed(label, task.name, f"{label}: video cannot be preprocessed ({err})")
+    loaded, fmt = scorer.loaded, task.score_format
+    tokenizer = loaded.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = GenerationConfig(max_new_tokens=fmt.num_digits + (1 if fmt.decimals else 0) + 1, do_sample=False,
+                              num_beams=1, output_logits=True, return_dict_in_generate=True,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+    output = loaded.model.generate(**batch, generation_config=config)
+    tokens = output.sequences[0, batch["input_ids"].shape[1]:].tolist()
+    if tokenizer.eos_token_id in tokens:
+        tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+    digit_logits = torch.stack(output.logits, dim=1)[0, : len(tokens)][:, loaded.digit_ids].float().cpu()
+    return scorer.read_answer(label, Question(task), tokens, digit_logits)
+
+
+# ---------------------------------------------------------------- per-frame side file
+
+
+class FrameWriter:
+    """Writes every clip's frames to a CSV side file (``video, index, time, score, ncm, status, text``)."""
+
+    FIELDS = ("video", "index", "time", "score", "ncm", "status", "text")
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = open(self.path, "w", newline="", encoding="utf-8")
+        self._csv = csv.DictWriter(self._file, fieldnames=self.FIELDS)
+        self._csv.writeheader()
+
+    @staticmethod
+    def beside(out: str | os.PathLike) -> Path:
+        """The side file for a results file: ``scores.csv`` -> ``scores.frames.csv``."""
+        out = Path(out)
+        return out.with_name(out.stem + ".frames.csv")
+
+    def write(self, video: VideoScore) -> None:
+        for frame in video.frames:
+            row = {"video": video.result.path, **frame.to_row()}
+            self._csv.writerow({key: "" if value is None else value for key, value in row.items()})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "FrameWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
