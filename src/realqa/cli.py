@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
-
-
-def cache_dir() -> Path:
-    """Where realqa keeps what it builds for itself (``$REALQA_CACHE``, default ~/.cache/realqa)."""
-    return Path(os.environ.get("REALQA_CACHE") or Path.home() / ".cache" / "realqa")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,8 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 def _score(args) -> int:
     from tqdm import tqdm
 
-    from .commands import video_options
-    from .engine import load_scorer
+    from .commands import load_scorer_from_args, video_options
     from .media import collect_inputs
     from .results import STATUS_ERROR, ResultWriter
     from .video import FrameWriter, is_video, iter_with_videos
@@ -96,12 +88,7 @@ def _score(args) -> int:
     inputs = collect_inputs(args.paths)
     if not inputs:
         raise ValueError("no inputs found in " + ", ".join(args.paths))
-    options = {"batch_size": args.batch_size}
-    if args.min_pixels:
-        options["min_pixels"] = args.min_pixels
-    if args.max_pixels:
-        options["max_pixels"] = args.max_pixels
-    scorer = load_scorer(args.model or _default_model(), args.adapter, device=args.device, dtype=args.dtype, **options)
+    scorer = load_scorer_from_args(args)
     attribute_names = [a.name for a in scorer.attributes] if (args.attributes or args.cot) else []
     writer = ResultWriter(args.out, attributes=attribute_names) if args.out else None
     frames = FrameWriter(FrameWriter.beside(args.out)) if args.out and any(map(is_video, inputs)) else None
@@ -127,17 +114,6 @@ def _score(args) -> int:
     summary = f"{len(results)} inputs: {len(results) - errors - unparsed} scored, {unparsed} without a parsable score, {errors} errors"
     print(summary + (f"; rows in {args.out}" if args.out else ""), file=sys.stderr)
     return 0
-
-
-def _default_model() -> str:
-    """Until a trained default model ships, a tiny random model stands in, and says so."""
-    from .model import build_tiny_model
-
-    folder = cache_dir() / "tiny-random-qwen2-vl"
-    if not (folder / "config.json").is_file():
-        build_tiny_model(folder)
-    print(f"note: no --model given; using the tiny RANDOM test model in {folder}: its scores are noise", file=sys.stderr)
-    return str(folder)
 
 
 def _print_ranking(results, attribute_names=()) -> None:

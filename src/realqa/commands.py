@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from .serve import MiB, ServeLimits
 
@@ -69,8 +71,24 @@ def video_options(args: argparse.Namespace) -> dict:
     return {"mode": args.video_mode, "sampling": FrameSampling(frames=args.frames, fps=args.fps)}
 
 
-def _load_scorer(args):
-    from .cli import _default_model
+def cache_dir() -> Path:
+    """Where realqa keeps what it builds for itself (``$REALQA_CACHE``, default ~/.cache/realqa)."""
+    return Path(os.environ.get("REALQA_CACHE") or Path.home() / ".cache" / "realqa")
+
+
+def default_model() -> str:
+    """Until a trained default model ships, a tiny random model stands in, and says so."""
+    from .model import build_tiny_model
+
+    folder = cache_dir() / "tiny-random-qwen2-vl"
+    if not (folder / "config.json").is_file():
+        build_tiny_model(folder)
+    print(f"note: no --model given; using the tiny RANDOM test model in {folder}: its scores are noise", file=sys.stderr)
+    return str(folder)
+
+
+def load_scorer_from_args(args):
+    """The scorer the ``--model/--adapter/--device/--dtype/--batch-size/--min-pixels/--max-pixels`` options ask for."""
     from .engine import load_scorer
 
     options = {"batch_size": args.batch_size}
@@ -78,7 +96,7 @@ def _load_scorer(args):
         options["min_pixels"] = args.min_pixels
     if args.max_pixels:
         options["max_pixels"] = args.max_pixels
-    return load_scorer(args.model or _default_model(), args.adapter, device=args.device, dtype=args.dtype, **options)
+    return load_scorer(args.model or default_model(), args.adapter, device=args.device, dtype=args.dtype, **options)
 
 
 def _serve(args) -> int:
@@ -88,7 +106,7 @@ def _serve(args) -> int:
                          max_request_bytes=int(args.max_request_mb * MiB), max_image_pixels=args.max_image_pixels,
                          request_timeout=args.timeout, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_batch=args.batch_size)
-    scorer = _load_scorer(args)
+    scorer = load_scorer_from_args(args)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {args.host}: other machines can reach this service", file=sys.stderr)
     print(f"realqa serve: http://{args.host}:{args.port}  (POST /score, GET /health, docs at /docs)", file=sys.stderr)
