@@ -1,4 +1,4 @@
-"""Command line: ``realqa data list | prepare | export-llamafactory | import-llamafactory`` and ``realqa bench``.
+"""Command line: ``realqa data list | prepare | synth | export-llamafactory | import-llamafactory`` and ``realqa bench``.
 
 :func:`add_commands` adds both commands to the main parser's subparsers; each sets ``run`` to a
 function ``(args) -> exit code``. Errors are raised as ValueError/OSError for the main CLI to print.
@@ -46,6 +46,18 @@ def add_commands(subparsers) -> None:
     imp.add_argument("--split-name", default="train", help="split of the imported samples (default train)")
     imp.add_argument("--name", help="dataset name (default: the first file's stem)")
     imp.set_defaults(run=_import)
+
+    synth = commands.add_parser("synth", help="distort clean photos into a benchmark with pseudo opinion scores")
+    synth.add_argument("--photos", required=True, help="folder of clean photos")
+    synth.add_argument("--out", required=True, help="output folder: images/, train.jsonl, test.jsonl, README.md")
+    synth.add_argument("--seed", type=int, default=0, help="seed of the split by photo and of the distortions")
+    synth.add_argument("--test-fraction", type=float, default=0.25, help="share of the photos held out (default 0.25)")
+    synth.add_argument("--types", nargs="+", help="distortion types (default: all; see the README written)")
+    synth.add_argument("--levels", type=int, default=5, help="severity levels per type (default 5)")
+    synth.add_argument("--views", type=int, default=4, help="random crops per training photo (default 4)")
+    synth.add_argument("--pairs", type=int, default=0, help="extra images per view with two distortions (default 0)")
+    synth.add_argument("--workers", type=int, default=1, help="processes writing images (default 1)")
+    synth.set_defaults(run=_synth)
 
     bench = subparsers.add_parser("bench", help="score prepared test splits and report SRCC/PLCC per dataset")
     bench.add_argument("--model", required=True, help="model folder or hub id")
@@ -133,6 +145,19 @@ def _import(args) -> int:
     print(dataset.report.summary())
     write_manifest(dataset, args.out)
     print(f"wrote {args.out} ({len(dataset)} samples)")
+    return 0
+
+
+def _synth(args) -> int:
+    from .synth import synthesize
+
+    dataset, paths = synthesize(args.photos, args.out, seed=args.seed, test_fraction=args.test_fraction,
+                                types=args.types, levels=args.levels, views=args.views, pairs=args.pairs,
+                                workers=args.workers)
+    for split, path in paths.items():
+        photos = len({s.info["photo"] for s in dataset.samples if s.split == split})
+        print(f"wrote {path} ({dataset.split_counts()[split]} images of {photos} photos)")
+    print(f"pseudo-score formula and distortion table: {Path(args.out) / 'README.md'}")
     return 0
 
 

@@ -1,0 +1,496 @@
+"""Synthetic distortions of clean photos: a quality benchmark whose labels the distortions determine.
+
+Every clean photo is taken as perfect (quality 5, well exposed, normally saturated, level, clear).
+Each distortion type has a parameter that grows linearly with a severity ``s`` in (0, 1]
+(``s = level / levels``) and a maximum penalty. The pseudo opinion score of an image is
+
+    quality = clip(5 - sum over the applied distortions of max_penalty[type] * s, 1, 5)
+
+so a clean image scores exactly 5.00 and the score falls strictly with every level of every type
+(until the clip at 1). The maximum penalties rank the types by how much they spoil a photo:
+blur, noise, compression, exposure and downscaling at their strongest leave a 1.00; at their
+strongest, excess saturation leaves a 2.00, tilt and saturation loss 2.50 (a grey or crooked but
+sharp photo is still legible).
+
+Spatial parameters (blur sigma, motion length) are in pixels of a 1024 px long side and scale with
+the image, so a distortion looks the same on any image size. The attribute labels are those the
+applied distortions set, on top of the clean photo's ``clear / normal / normal / level``.
+
+The train split holds ``views`` random crops (with flips) of each train photo, each crop clean and
+distorted at every level of every type (plus optional random pairs of types); the test split holds
+the whole test photos, likewise. Photos are split by a seeded shuffle of their names
+(:func:`realqa.data.splits.random_split`), so no photo's content is in both splits.
+
+Photos with too little colour to lose or exaggerate (colourfulness below 15, "not colourful" on
+Hasler and Suesstrunk's scale, e.g. black-and-white photos) get no saturation distortions: their
+labels would claim a change the pixels do not show.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+from scipy import ndimage, signal
+
+from .attributes import infer_schema
+from .manifest import write_manifests
+from .records import TEST, TRAIN, Dataset, Sample, ScoreMapping, SplitInfo
+from .splits import random_split
+
+BEST, WORST = 5.0, 1.0
+REFERENCE_SIDE = 1024  # spatial parameters are given for this long side
+SLIGHT = 0.4  # severities up to this are "slight" in the attribute labels
+MIN_COLOURFULNESS = 15.0  # below it a photo gets no saturation distortions
+FORMULA = "quality = clip(5 - sum over the applied distortions of max_penalty[type] * level / levels, 1, 5)"
+CLEAN_ATTRIBUTES = {"clarity": "clear", "exposure": "normal", "saturation": "normal", "level_shot": "level"}
+SAVE_OPTIONS = {"quality": 95, "subsampling": 0}  # how every synthetic image is stored (as the source photos)
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Distortion:
+    """One distortion type: ``function(pixels, parameter, rng)`` on float RGB in [0, 1].
+
+    ``parameter`` = ``low + (high - low) * s``; ``spatial`` parameters are scaled by the image's
+    long side / 1024. ``labels`` gives the attribute values this distortion sets at a severity.
+    """
+
+    name: str
+    function: Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
+    low: float
+    high: float
+    unit: str
+    max_penalty: float
+    spatial: bool = False
+    labels: Callable[[float], dict] = lambda severity: {}
+    needs_colour: bool = False
+
+    @property
+    def description(self) -> str:
+        return " ".join((self.function.__doc__ or "").split())
+
+    def parameter(self, severity: float, long_side: int = REFERENCE_SIDE) -> float:
+        value = self.low + (self.high - self.low) * severity
+        return value * long_side / REFERENCE_SIDE if self.spatial else value
+
+    def penalty(self, severity: float) -> float:
+        return self.max_penalty * severity
+
+    def apply(self, pixels: np.ndarray, severity: float, rng: np.random.Generator) -> np.ndarray:
+        parameter = self.parameter(severity, max(pixels.shape[:2]))
+        return np.clip(self.function(pixels, parameter, rng), 0.0, 1.0).astype(np.float32)
+
+
+DISTORTIONS: dict[str, Distortion] = {}  # in the order they are applied when combined
+
+
+def _register(name: str, low: float, high: float, unit: str, max_penalty: float, *, spatial: bool = False,
+              labels: Callable[[float], dict] | None = None, needs_colour: bool = False):
+    def register(function):
+        DISTORTIONS[name] = Distortion(name, function, low, high, unit, max_penalty, spatial,
+                                       labels or (lambda severity: {}), needs_colour)
+        return function
+    return register
+
+
+def _graded(attribute: str, slight: str, strong: str) -> Callable[[float], dict]:
+    return lambda severity: {attribute: slight if severity <= SLIGHT else strong}
+
+
+def _fixed(attribute: str, value: str) -> Callable[[float], dict]:
+    return lambda severity: {attribute: value}
+
+
+def colourfulness(image: Image.Image) -> float:
+    """Hasler and Suesstrunk's colourfulness (0 for grey; 15 "not colourful"; above 100 "extremely")."""
+    small = image.convert("RGB")
+    small.thumbnail((256, 256))
+    pixels = np.asarray(small, dtype=np.float64)
+    rg = pixels[..., 0] - pixels[..., 1]
+    yb = (pixels[..., 0] + pixels[..., 1]) / 2 - pixels[..., 2]
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def _luma(pixels: np.ndarray) -> np.ndarray:
+    return (pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+
+
+# ---------------------------------------------------------------- the distortions (applied in this order)
+
+
+@_register("tilt", 0.0, 12.0, "degrees", 2.5, labels=_fixed("level_shot", "tilted"))
+def tilt(pixels, degrees, rng):
+    """Rotation by the angle (direction random), cropped to the largest centred rectangle of the
+    same aspect ratio without empty corners, resized back: a non-level shot."""
+    height, width = pixels.shape[:2]
+    angle = float(np.radians(degrees))
+    # The rotated frame must contain a centred w' x h' box with w'/h' = width/height.
+    scale = 1.0 / (np.cos(angle) + np.sin(angle) * max(width / height, height / width))
+    image = _to_image(pixels).rotate(degrees * rng.choice([-1, 1]), resample=Image.BICUBIC)
+    box_w, box_h = width * scale, height * scale
+    left, top = (width - box_w) / 2, (height - box_h) / 2
+    cropped = image.resize((width, height), Image.BICUBIC, box=(left, top, left + box_w, top + box_h))
+    return _to_pixels(cropped)
+
+
+@_register("overexposure", 0.0, 2.5, "EV", 4.0, labels=_fixed("exposure", "overexposed"))
+def overexposure(pixels, ev, rng):
+    """Linear light multiplied by 2**EV (gamma 2.2), highlights clipped."""
+    return (pixels**2.2 * 2.0**ev) ** (1 / 2.2)
+
+
+@_register("underexposure", 0.0, 3.0, "EV", 4.0, labels=_fixed("exposure", "underexposed"))
+def underexposure(pixels, ev, rng):
+    """Linear light divided by 2**EV (gamma 2.2)."""
+    return (pixels**2.2 / 2.0**ev) ** (1 / 2.2)
+
+
+@_register("saturation_loss", 0.0, 1.0, "fraction of chroma removed", 2.5, labels=_fixed("saturation", "low"),
+           needs_colour=True)
+def saturation_loss(pixels, amount, rng):
+    """Colours pulled towards their grey (luma) by the fraction: 1 is black and white."""
+    grey = _luma(pixels)
+    return grey + (1.0 - amount) * (pixels - grey)
+
+
+@_register("saturation_excess", 0.0, 2.5, "extra chroma gain", 3.0, labels=_fixed("saturation", "high"),
+           needs_colour=True)
+def saturation_excess(pixels, gain, rng):
+    """Colours pushed away from their grey (luma) by 1 + gain, clipped."""
+    grey = _luma(pixels)
+    return grey + (1.0 + gain) * (pixels - grey)
+
+
+@_register("gaussian_blur", 0.0, 12.0, "sigma px", 4.0, spatial=True,
+           labels=_graded("clarity", "slightly blurry", "blurry"))
+def gaussian_blur(pixels, sigma, rng):
+    """Gaussian blur (out of focus)."""
+    return ndimage.gaussian_filter(pixels, sigma=(sigma, sigma, 0), mode="reflect")
+
+
+@_register("motion_blur", 0.0, 48.0, "length px", 4.0, spatial=True,
+           labels=_graded("clarity", "slightly blurry", "blurry"))
+def motion_blur(pixels, length, rng):
+    """Average along a straight line of the length, in a random direction (camera shake)."""
+    kernel = _line_kernel(length, rng.uniform(0, np.pi))
+    reach = kernel.shape[0] // 2
+    padded = np.pad(pixels, ((reach, reach), (reach, reach), (0, 0)), mode="edge")
+    return signal.fftconvolve(padded, kernel[..., None], mode="valid", axes=(0, 1))
+
+
+def _line_kernel(length: float, angle: float) -> np.ndarray:
+    """A normalised line of the length through the kernel's centre, drawn with bilinear weights."""
+    reach = int(np.ceil(length / 2)) + 1
+    kernel = np.zeros((2 * reach + 2, 2 * reach + 2), np.float32)
+    for t in np.linspace(-length / 2, length / 2, max(2, int(np.ceil(4 * length)))):
+        y, x = reach + t * np.sin(angle), reach + t * np.cos(angle)
+        y0, x0 = int(np.floor(y)), int(np.floor(x))
+        fy, fx = y - y0, x - x0
+        kernel[y0 : y0 + 2, x0 : x0 + 2] += np.outer([1 - fy, fy], [1 - fx, fx])
+    return kernel[:-1, :-1] / kernel.sum()
+
+
+@_register("downscale", 1.0, 13.0, "factor", 4.0, labels=_graded("clarity", "slightly blurry", "blurry"))
+def downscale(pixels, factor, rng):
+    """Shrunk by the factor without antialiasing (nearest), enlarged back bilinearly: aliasing and lost detail."""
+    height, width = pixels.shape[:2]
+    small = (max(1, round(width / factor)), max(1, round(height / factor)))
+    image = _to_image(pixels).resize(small, Image.NEAREST).resize((width, height), Image.BILINEAR)
+    return _to_pixels(image)
+
+
+@_register("noise", 0.0, 40.0, "sigma (8-bit levels)", 4.0)
+def noise(pixels, sigma, rng):
+    """Additive Gaussian noise per channel with a grain of about 2 px at 1024 px (white noise smoothed
+    by a Gaussian of sigma 1 px, rescaled to the stated sigma), like a phone camera's processed noise."""
+    grain = max(pixels.shape[:2]) / REFERENCE_SIDE
+    field = ndimage.gaussian_filter(rng.standard_normal(pixels.shape, dtype=np.float32), (grain, grain, 0))
+    return pixels + field * (sigma / 255.0 / field.std())
+
+
+@_register("jpeg", 24.0, 2.0, "JPEG quality", 4.0)
+def jpeg(pixels, quality, rng):
+    """JPEG compression at the quality (4:2:0 chroma subsampling)."""
+    buffer = io.BytesIO()
+    _to_image(pixels).save(buffer, format="JPEG", quality=int(round(quality)))
+    return _to_pixels(Image.open(buffer))
+
+
+def _to_image(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8), "RGB")
+
+
+def _to_pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+# ---------------------------------------------------------------- labels
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One distortion applied to an image: its type, level (1..levels) and severity level/levels."""
+
+    type: str
+    level: int
+    levels: int
+
+    @property
+    def severity(self) -> float:
+        return self.level / self.levels
+
+    @property
+    def distortion(self) -> Distortion:
+        return DISTORTIONS[self.type]
+
+
+def pseudo_score(applied: Sequence[Applied]) -> float:
+    """clip(5 - sum of max_penalty[type] * severity, 1, 5); 5.0 for a clean image."""
+    penalty = sum(a.distortion.penalty(a.severity) for a in applied)
+    return round(min(BEST, max(WORST, BEST - penalty)), 6)
+
+
+def attribute_labels(applied: Sequence[Applied]) -> dict:
+    """clarity, exposure, saturation, level_shot as the applied distortions leave them.
+
+    Of two distortions setting clarity, the stronger wins; other attributes are set by at most one
+    distortion of an image (pairs are drawn so).
+    """
+    labels = dict(CLEAN_ATTRIBUTES)
+    for a in sorted(applied, key=lambda a: a.severity):
+        labels.update(a.distortion.labels(a.severity))
+    return labels
+
+
+def _attribute_of(name: str) -> str | None:
+    keys = DISTORTIONS[name].labels(1.0)
+    return next(iter(keys), None)
+
+
+def compatible(first: str, second: str) -> bool:
+    """Two types may be combined unless they set the same attribute (over- with underexposure, ...)."""
+    a, b = _attribute_of(first), _attribute_of(second)
+    return first != second and (a is None or a != b or a == "clarity")
+
+
+# ---------------------------------------------------------------- the data set
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to write: a view of a source photo with distortions applied."""
+
+    id: str
+    photo: str
+    source: str
+    view: int
+    split: str
+    applied: tuple[Applied, ...]
+    seed: int
+
+
+def find_photos(folder: str | os.PathLike) -> list[Path]:
+    photos = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in PHOTO_EXTENSIONS and p.is_file())
+    if not photos:
+        raise ValueError(f"{folder}: no photos ({', '.join(PHOTO_EXTENSIONS)})")
+    return photos
+
+
+def split_photos(names: Sequence[str], test_fraction: float, seed: int) -> dict[str, str]:
+    """Photo name -> train/test, by the project's seeded group split."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test fraction must be in (0, 1), got {test_fraction}")
+    splits = random_split(list(names), (1 - test_fraction, test_fraction), seed)
+    return dict(zip(names, splits))
+
+
+def plan(photos: Sequence[Path], *, seed: int = 0, test_fraction: float = 0.25, types: Sequence[str] | None = None,
+         levels: int = 5, views: int = 4, pairs: int = 0, splits: Sequence[str] = (TRAIN, TEST)) -> list[Job]:
+    """Every image of the set: per view, the clean image, each type at each level, then ``pairs``
+    random pairs of compatible types at random levels. Test photos have one view: the whole photo.
+    ``splits`` limits the plan to some splits (the others' images are the same whether planned or not)."""
+    types = list(types or DISTORTIONS)
+    unknown = sorted(set(types) - set(DISTORTIONS))
+    if unknown:
+        raise ValueError(f"unknown distortion type(s) {', '.join(unknown)}; known: {', '.join(DISTORTIONS)}")
+    if levels < 1 or views < 1 or pairs < 0:
+        raise ValueError("levels and views must be >= 1 and pairs >= 0")
+    split_of = split_photos([p.stem for p in photos], test_fraction, seed)
+    jobs = []
+    for photo in photos:
+        split = split_of[photo.stem]
+        if split not in splits:
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(photo.stem.encode())])
+        with Image.open(photo) as opened:
+            colourful = colourfulness(opened) >= MIN_COLOURFULNESS
+        usable = [t for t in types if colourful or not DISTORTIONS[t].needs_colour]
+        for view in range(views if split == TRAIN else 1):
+            combos: list[tuple[Applied, ...]] = [()]
+            combos += [(Applied(t, level, levels),) for t in usable for level in range(1, levels + 1)]
+            candidates = [(a, b) for i, a in enumerate(usable) for b in usable[i + 1 :] if compatible(a, b)]
+            for _ in range(pairs if candidates else 0):
+                a, b = candidates[rng.integers(len(candidates))]
+                combos.append((Applied(a, int(rng.integers(1, levels + 1)), levels),
+                               Applied(b, int(rng.integers(1, levels + 1)), levels)))
+            for number, applied in enumerate(combos):
+                tag = "+".join(f"{a.type}{a.level}" for a in applied) or "clean"
+                if len(applied) > 1:
+                    tag = f"pair{number}_{tag}"
+                job_id = f"{photo.stem}_v{view}_{tag}"
+                jobs.append(Job(job_id, photo.stem, str(photo), view, split, applied,
+                                zlib.crc32(f"{seed}/{job_id}".encode())))
+    return jobs
+
+
+def view_of(photo: Image.Image, view: int, rng: np.random.Generator) -> Image.Image:
+    """View 0 is the whole photo; others are a random crop of 45-100% of its area (same aspect
+    ratio, not resampled) and a coin-flip mirror."""
+    if view == 0:
+        return photo
+    width, height = photo.size
+    side = np.sqrt(rng.uniform(0.45, 1.0))
+    box_w, box_h = round(width * side), round(height * side)
+    left, top = int(rng.integers(0, width - box_w + 1)), int(rng.integers(0, height - box_h + 1))
+    image = photo.crop((left, top, left + box_w, top + box_h))
+    return ImageOps.mirror(image) if rng.random() < 0.5 else image
+
+
+def render(job: Job) -> Image.Image:
+    """The image of a job: the view, then the distortions in table order."""
+    rng = np.random.default_rng(job.seed)
+    with Image.open(job.source) as opened:
+        photo = ImageOps.exif_transpose(opened).convert("RGB")
+    image = view_of(photo, job.view, rng)
+    if not job.applied:
+        return image
+    pixels = _to_pixels(image)
+    for applied in sorted(job.applied, key=lambda a: list(DISTORTIONS).index(a.type)):
+        pixels = applied.distortion.apply(pixels, applied.severity, rng)
+    return _to_image(pixels)
+
+
+def _write(job: Job, out: Path) -> str:
+    relative = f"images/{job.split}/{job.photo}/{job.id}.jpg"
+    target = out / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    render(job).save(target, format="JPEG", **SAVE_OPTIONS)
+    return relative
+
+
+def _sample(job: Job, relative: str, size: tuple[int, int]) -> Sample:
+    score = pseudo_score(job.applied)
+    distortions = [{"type": a.type, "level": a.level, "severity": round(a.severity, 6),
+                    "parameter": round(a.distortion.parameter(a.severity, max(size)), 4), "unit": a.distortion.unit}
+                   for a in job.applied]
+    return Sample(id=job.id, image=relative, scores={"quality": score}, native={"quality": score}, split=job.split,
+                  dataset="synth", attributes=attribute_labels(job.applied),
+                  info={"photo": job.photo, "view": job.view, "distortions": distortions})
+
+
+def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, test_fraction: float = 0.25,
+               types: Sequence[str] | None = None, levels: int = 5, views: int = 4, pairs: int = 0,
+               splits: Sequence[str] = (TRAIN, TEST), workers: int = 1,
+               progress: Callable[[int, int], None] | None = None) -> tuple[Dataset, dict[str, Path]]:
+    """Write the distorted images, ``train.jsonl``/``test.jsonl`` manifests, ``synth.json`` and a README.
+
+    Returns the dataset and {split: manifest path}.
+    """
+    out = Path(out)
+    photos = find_photos(photos_dir)
+    sizes = {}
+    for photo in photos:
+        with Image.open(photo) as opened:
+            sizes[photo.stem] = ImageOps.exif_transpose(opened).size
+    jobs = plan(photos, seed=seed, test_fraction=test_fraction, types=types, levels=levels, views=views, pairs=pairs,
+                splits=splits)
+    out.mkdir(parents=True, exist_ok=True)
+    samples: list[Sample] = []
+    with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
+        for done, (job, relative) in enumerate(zip(jobs, pool.map(_write, jobs, [out] * len(jobs), chunksize=8)), 1):
+            samples.append(_sample(job, relative, sizes[job.photo]))
+            if progress:
+                progress(done, len(jobs))
+    settings = {"seed": seed, "test_fraction": test_fraction, "types": list(types or DISTORTIONS), "levels": levels,
+                "views": views, "pairs": pairs, "splits": list(splits)}
+    dataset = Dataset(
+        name="synth",
+        mappings={"quality": ScoreMapping.onto_task("quality", (WORST, BEST), quantity="pseudo opinion score")},
+        samples=samples,
+        split=SplitInfo("random", f"seeded shuffle of the source photos, {test_fraction:g} of them held out for test",
+                        seed=seed, ratios=(1 - test_fraction, test_fraction), group_by="photo"),
+        root=str(out.resolve()),
+        image_folder="images",
+        label_files=[],
+        attribute_schema=infer_schema(s.attributes for s in samples),
+        notes=[f"synthetic distortions of the photos in {Path(photos_dir).resolve()}; settings {json.dumps(settings)}",
+               "quality = clip(5 - sum of max_penalty[type] * level/levels, 1, 5); see synth.json"],
+    )
+    paths = write_manifests(dataset, out)
+    split_of = split_photos([p.stem for p in photos], test_fraction, seed)
+    meta = {"settings": settings, "photos": {split: sorted(n for n, s in split_of.items() if s == split)
+                                             for split in (TRAIN, TEST)},
+            "counts": dataset.split_counts(), "formula": FORMULA, "distortions": describe(levels)}
+    (out / "synth.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(readme(meta), encoding="utf-8")
+    return dataset, paths
+
+
+class _Serial:
+    """A stand-in for a process pool when one worker is asked for."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def map(function, *iterables, chunksize=1):
+        return map(function, *iterables)
+
+
+def describe(levels: int = 5) -> list[dict]:
+    """The table of distortion types: parameter per level (at 1024 px), penalty, attribute set."""
+    rows = []
+    for d in DISTORTIONS.values():
+        steps = [k / levels for k in range(1, levels + 1)]
+        rows.append({"type": d.name, "what": d.description, "unit": d.unit + (" at 1024 px" if d.spatial else ""),
+                     "parameter_at_severity_0_and_1": [d.low, d.high], "max_penalty": d.max_penalty,
+                     "parameters": [round(d.parameter(s), 3) for s in steps],
+                     "scores": [pseudo_score([Applied(d.name, k, levels)]) for k in range(1, levels + 1)],
+                     "attributes": sorted({f"{k}={v}" for s in steps for k, v in d.labels(s).items()})})
+    return rows
+
+
+def readme(meta: dict) -> str:
+    settings = meta["settings"]
+    lines = [
+        "# Synthetic distortion set (`realqa data synth`)", "",
+        f"Settings: {json.dumps(settings)}. Images: {json.dumps(meta['counts'])}.", "",
+        f"Train photos: {', '.join(meta['photos'][TRAIN])}.", f"Test photos: {', '.join(meta['photos'][TEST])}.",
+        "Split by source photo (seeded shuffle), so no photo's content is in both splits; train images are "
+        "random crops (45-100% of the area, mirrored at random) of the train photos, test images the whole test photos.",
+        "", "## Pseudo opinion score", "", f"`{meta['formula']}`: a clean image scores 5.00; the score falls strictly "
+        "with every level of every type (until the clip at 1).", "",
+        f"Photos with colourfulness below {MIN_COLOURFULNESS:g} (Hasler and Suesstrunk) get no saturation distortions.", "",
+        f"## Types (parameters and scores at {settings['levels']} levels)", "",
+        "| type | what | parameter | per level | score per level | attributes set |", "|---|---|---|---|---|---|",
+    ]
+    for row in describe(settings["levels"]):
+        if row["type"] not in settings["types"]:
+            continue
+        lines.append(f"| {row['type']} | {row['what']} | {row['unit']} | {', '.join(f'{p:g}' for p in row['parameters'])} | "
+                     f"{', '.join(f'{s:.2f}' for s in row['scores'])} | {', '.join(row['attributes'] or ['-'])} |")
+    lines += ["", f"Attributes of a clean image: {json.dumps(CLEAN_ATTRIBUTES)}; severities up to {SLIGHT} blur "
+              "give `slightly blurry`. Every image is stored as JPEG quality 95, 4:4:4 (as the source photos).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""The synthetic distortion benchmark: pseudo scores, distortions, labels, split by photo, manifests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from realqa.data.manifest import read_manifest
+from realqa.data.synth import (
+    CLEAN_ATTRIBUTES, DISTORTIONS, Applied, Job, attribute_labels, colourfulness, plan, pseudo_score, render,
+    synthesize,
+)
+
+
+def photo(seed: int, size=(160, 112), grey: bool = False) -> Image.Image:
+    """A small 'photo': smooth colour gradients, a few sharp-edged shapes and fine texture."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0 : size[1], 0 : size[0]] / max(size)
+    pixels = np.stack([0.5 + 0.3 * np.sin(6 * x + seed), 0.45 + 0.3 * np.cos(5 * y), 0.4 + 0.2 * x], -1)
+    for _ in range(4):
+        x0, y0 = rng.integers(0, size[0] - 30), rng.integers(0, size[1] - 30)
+        pixels[y0 : y0 + 25, x0 : x0 + 25] = rng.uniform(0.1, 0.9, 3)
+    pixels += rng.normal(0, 0.02, pixels.shape)
+    if grey:
+        pixels = pixels.mean(-1, keepdims=True).repeat(3, -1)
+    return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8), "RGB")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(7):
+        photo(i).save(folder / f"photo{i}.jpg", quality=95)
+    photo(99, grey=True).save(folder / "grey.png")
+    return folder
+
+
+def test_pseudo_score_is_five_when_clean_and_falls_strictly_with_severity():
+    assert pseudo_score(()) == 5.0
+    for name in DISTORTIONS:
+        scores = [pseudo_score([Applied(name, level, 8)]) for level in range(0, 9)]
+        assert all(a > b for a, b in zip(scores, scores[1:])), (name, scores)
+        assert 1.0 <= scores[-1] < 5.0
+    pair = [Applied("gaussian_blur", 5, 5), Applied("noise", 5, 5)]
+    assert pseudo_score(pair) == 1.0  # clipped at the bottom of the range
+    assert pseudo_score([Applied("noise", 1, 5), Applied("tilt", 1, 5)]) < pseudo_score([Applied("noise", 1, 5)])
+
+
+def _render(source, applied, view=0):
+    return np.asarray(render(Job("x", "p", str(source), view, "test", tuple(applied), 7)), dtype=np.float64) / 255
+
+
+def _sharpness(pixels):
+    """Gradient energy: smoothing in any direction lowers it, noise raises it."""
+    grey = pixels.mean(-1)
+    return float((np.diff(grey, axis=0) ** 2).mean() + (np.diff(grey, axis=1) ** 2).mean())
+
+
+def _chroma(pixels):
+    return float(np.abs(pixels - pixels.mean(-1, keepdims=True)).mean())
+
+
+@pytest.mark.parametrize("name, statistic, direction", [
+    ("gaussian_blur", _sharpness, -1), ("motion_blur", _sharpness, -1), ("downscale", _sharpness, -1),
+    ("noise", _sharpness, +1), ("overexposure", np.mean, +1), ("underexposure", np.mean, -1),
+    ("saturation_loss", _chroma, -1), ("saturation_excess", _chroma, +1),
+])
+def test_each_level_moves_the_image_further_than_the_last(photos, name, statistic, direction):
+    source = photos / "photo1.jpg"
+    values = [statistic(_render(source, [Applied(name, level, 4)] if level else [])) for level in range(5)]
+    assert all(direction * (b - a) > 0 for a, b in zip(values, values[1:])), values
+
+
+def test_jpeg_and_tilt_change_the_image_more_with_severity(photos):
+    source = photos / "photo2.jpg"
+    clean = _render(source, [])
+    for name in ("jpeg", "tilt"):
+        errors = [np.abs(_render(source, [Applied(name, level, 3)]) - clean).mean() for level in (1, 2, 3)]
+        assert 0 < errors[0] < errors[1] < errors[2], (name, errors)
+
+
+def test_attribute_labels_follow_the_distortions():
+    assert attribute_labels(()) == CLEAN_ATTRIBUTES
+    assert attribute_labels([Applied("overexposure", 1, 5)])["exposure"] == "overexposed"
+    assert attribute_labels([Applied("underexposure", 3, 5)])["exposure"] == "underexposed"
+    assert attribute_labels([Applied("saturation_loss", 5, 5)])["saturation"] == "low"
+    assert attribute_labels([Applied("saturation_excess", 2, 5)])["saturation"] == "high"
+    assert attribute_labels([Applied("tilt", 1, 5)])["level_shot"] == "tilted"
+    assert attribute_labels([Applied("gaussian_blur", 2, 5)])["clarity"] == "slightly blurry"
+    assert attribute_labels([Applied("motion_blur", 3, 5)])["clarity"] == "blurry"
+    # Noise and JPEG set no attribute; of two blurs the stronger one wins.
+    assert attribute_labels([Applied("noise", 5, 5), Applied("jpeg", 5, 5)]) == CLEAN_ATTRIBUTES
+    assert attribute_labels([Applied("downscale", 5, 5), Applied("gaussian_blur", 1, 5)])["clarity"] == "blurry"
+
+
+def test_plan_splits_by_photo_and_skips_saturation_on_grey_photos(photos):
+    jobs = plan(sorted(photos.iterdir()), seed=3, levels=2, views=2, pairs=2)
+    train = {job.photo for job in jobs if job.split == "train"}
+    test = {job.photo for job in jobs if job.split == "test"}
+    assert train and test and not train & test and len(train | test) == 8
+    assert len(test) == 2  # a quarter of 8 photos
+    assert {job.view for job in jobs if job.split == "test"} == {0}
+    grey_types = {a.type for job in jobs if job.photo == "grey" for a in job.applied}
+    assert not grey_types & {"saturation_loss", "saturation_excess"} and "noise" in grey_types
+    for job in jobs:
+        if len(job.applied) == 2:
+            touched = [next(iter(a.distortion.labels(1.0)), None) for a in job.applied]
+            assert touched[0] is None or touched[0] != touched[1] or touched[0] == "clarity"
+    assert colourfulness(photo(0, grey=True)) < 1 < 15 < colourfulness(photo(0))
+    assert [j.split for j in plan(sorted(photos.iterdir()), seed=3, levels=2)] != \
+           [j.split for j in plan(sorted(photos.iterdir()), seed=4, levels=2)]
+
+
+def test_synthesize_writes_readable_manifests_and_a_readme(photos, tmp_path):
+    types = ["gaussian_blur", "overexposure", "saturation_loss", "tilt"]
+    dataset, paths = synthesize(photos, tmp_path / "synth", seed=1, types=types, levels=2, views=2)
+    train, test = read_manifest(paths["train"]), read_manifest(paths["test"])
+    assert len(train) + len(test) == len(dataset)
+    assert not {s.info["photo"] for s in train} & {s.info["photo"] for s in test}
+    for sample in train.samples + test.samples:
+        assert train.image_path(sample).is_file()
+        assert 1.0 <= sample.scores["quality"] <= 5.0
+        assert sample.scores["quality"] == pseudo_score([Applied(d["type"], d["level"], 2)
+                                                         for d in sample.info["distortions"]])
+        assert set(sample.attributes) == set(CLEAN_ATTRIBUTES)
+    clean = [s for s in test.samples if not s.info["distortions"]]
+    assert clean and all(s.scores["quality"] == 5.0 for s in clean)
+    assert {spec.name for spec in test.attribute_schema} == set(CLEAN_ATTRIBUTES)
+    meta = json.loads((tmp_path / "synth" / "synth.json").read_text())
+    assert meta["settings"]["types"] == types and "max_penalty" in meta["formula"]
+    assert "Pseudo opinion score" in (tmp_path / "synth" / "README.md").read_text()
+
+    again, _ = synthesize(photos, tmp_path / "again", seed=1, types=types, levels=2, views=2)
+    first = (tmp_path / "synth" / "images" / test.samples[3].image.split("images/")[1]).read_bytes()
+    assert first == (tmp_path / "again" / "images" / test.samples[3].image.split("images/")[1]).read_bytes()
+    assert [s.to_dict() for s in again.samples] == [s.to_dict() for s in dataset.samples]
+
+
+def test_unknown_type_is_refused(photos):
+    with pytest.raises(ValueError, match="unknown distortion type"):
+        plan(sorted(photos.iterdir()), types=["blurr"])
+
+
+def test_cli_synth(photos, tmp_path, capsys):
+    from realqa.cli import main
+
+    code = main(["data", "synth", "--photos", str(photos), "--out", str(tmp_path / "s"), "--types", "noise",
+                 "--levels", "2", "--views", "1"])
+    assert code == 0
+    assert "test.jsonl" in capsys.readouterr().out
+    assert len(read_manifest(tmp_path / "s" / "test.jsonl")) == 2 * 3  # 2 photos x (clean + 2 levels)
