@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--cot", action="store_true",
                        help="chain of thought: reason over the attributes, then give the score in <...>")
     score.add_argument("--batch-size", type=int, default=8)
-    score.add_argument("--out", help="write rows to FILE.csv or FILE.jsonl (one row per input, in input order)")
+    score.add_argument("--out", help="write rows to FILE.csv or FILE.jsonl (one row per input, in input order), each as "
+                       "it comes; rerunning the same command resumes a killed run")
+    score.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
     score.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     score.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
     score.add_argument("--min-pixels", type=int, help="image processor lower pixel bound (default: the model card's, else 200704)")
@@ -78,35 +80,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _score(args) -> int:
-    from tqdm import tqdm
-
-    from .commands import load_scorer_from_args, video_options
     from .media import collect_inputs
-    from .results import STATUS_ERROR, ResultWriter
-    from .video import FrameWriter, is_video, iter_with_videos
+    from .results import STATUS_ERROR
+    from .runs import score_run
 
     inputs = collect_inputs(args.paths)
     if not inputs:
         raise ValueError("no inputs found in " + ", ".join(args.paths))
-    scorer = load_scorer_from_args(args)
-    attribute_names = [a.name for a in scorer.attributes] if (args.attributes or args.cot) else []
-    writer = ResultWriter(args.out, attributes=attribute_names) if args.out else None
-    frames = FrameWriter(FrameWriter.beside(args.out)) if args.out and any(map(is_video, inputs)) else None
-    results = []
-    progress = tqdm(total=len(inputs), unit="input", disable=args.quiet or None, file=sys.stderr)
-    try:
-        rows = iter_with_videos(scorer, inputs, args.task, decimals=args.decimals, video=video_options(args),
-                                on_video=frames.write if frames else None, cot=args.cot, attributes=args.attributes)
-        for result in rows:
-            results.append(result)
-            if writer:
-                writer.write(result)
-            progress.update()
-    finally:
-        progress.close()
-        for file in (writer, frames):
-            if file:
-                file.close()
+    results = score_run(args, inputs, log=lambda message: print(message, file=sys.stderr))
+    if results is None:  # a rank other than 0 of a distributed run: rank 0 reports
+        return 0
+    attribute_names = list(dict.fromkeys(name for r in results for name in (r.attributes or {})))
     if not args.quiet:
         _print_ranking(results, attribute_names)
     errors = sum(r.status == STATUS_ERROR for r in results)

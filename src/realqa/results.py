@@ -6,11 +6,13 @@ One row per input, in input order; an input that failed is a row with ``error`` 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Iterable, Iterator, Sequence
 
 from .numeric import ScoreFormat, parse_score
 
@@ -53,6 +55,19 @@ class ScoreResult:
             del row["attributes"]
         return row
 
+    @classmethod
+    def from_row(cls, row: dict) -> "ScoreResult":
+        """The result a written row holds: a JSONL row as written, or a CSV row (strings; an
+        attribute's text is not kept in CSV)."""
+        attributes = row.get("attributes")
+        if attributes is None:
+            names = [c[: -len(ATTRIBUTE_STATUS_SUFFIX)] for c in row if c.endswith(ATTRIBUTE_STATUS_SUFFIX)]
+            attributes = {n: {"value": _value(row.get(n)), "status": row[n + ATTRIBUTE_STATUS_SUFFIX], "text": ""}
+                          for n in names if n in row} or None
+        return cls(path=str(row["path"]), task=str(row["task"]), score=_value(row.get("score")),
+                   ncm=_number(row.get("ncm")), status=str(row["status"]), text=row.get("text") or "",
+                   error=row.get("error") or None, attributes=attributes)
+
     def to_flat_row(self) -> dict:
         """One column per attribute value and one for its status, for CSV."""
         row = {key: value for key, value in self.to_row().items() if key != "attributes"}
@@ -63,23 +78,30 @@ class ScoreResult:
 
 
 class ResultWriter:
-    """Streams rows to a .csv or .jsonl file as they arrive.
+    """Streams rows to a .csv or .jsonl file as they arrive, each row flushed as it is written.
 
     CSV files get a column per name in ``attributes`` (and its status); JSONL rows nest them.
+    ``append=True`` continues an existing file (see :class:`ResumableOutput`); a CSV file's header
+    must then name the same columns.
     """
 
-    def __init__(self, path: str | Path, attributes: Iterable[str] = ()):
+    def __init__(self, path: str | Path, attributes: Iterable[str] = (), *, append: bool = False):
         self.path = Path(path)
-        suffix = self.path.suffix.lower()
-        if suffix not in (".csv", ".jsonl"):
-            raise ValueError(f"{self.path}: output must end in .csv or .jsonl")
-        self._jsonl = suffix == ".jsonl"
+        _check_suffix(self.path)
+        self._jsonl = self.path.suffix.lower() == ".jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = open(self.path, "w", newline="", encoding="utf-8")
         columns = list(ROW_FIELDS) + [c for name in attributes for c in (name, name + ATTRIBUTE_STATUS_SUFFIX)]
+        if append and not self._jsonl and self.path.is_file() and self.path.stat().st_size:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), [])
+            if header != columns:
+                raise ValueError(f"{self.path}: its columns ({', '.join(header)}) are not this run's "
+                                 f"({', '.join(columns)}); pass --overwrite to start again, or write to another file")
+        self._file: IO[str] = open(self.path, "a" if append else "w", newline="", encoding="utf-8")
         self._csv = None if self._jsonl else csv.DictWriter(self._file, fieldnames=columns)
-        if self._csv is not None:
+        if self._csv is not None and self._file.tell() == 0:
             self._csv.writeheader()
+            self._file.flush()
 
     def write(self, result: ScoreResult) -> None:
         if self._jsonl:
@@ -97,6 +119,144 @@ class ResultWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix.lower() not in (".csv", ".jsonl"):
+        raise ValueError(f"{path}: output must end in .csv or .jsonl")
+
+
+# ---------------------------------------------------------------- resuming a killed run
+
+RUN_FILE_SUFFIX = ".run.json"  # beside the results file: the settings its rows were made with
+
+
+def read_complete_rows(path: str | Path, *, repair: bool = False) -> list[dict]:
+    """The whole rows of a results file a killed run may have left, in file order.
+
+    A run writes and flushes one row at a time, so a kill can leave at most the last row torn
+    (no line end, unterminated quote, bad JSON); it is not returned, and ``repair=True`` cuts it
+    off the file so appending continues after the last whole row. Anything malformed before the
+    last row raises ``ValueError``: that file was not left by a killed run.
+    """
+    path = Path(path)
+    _check_suffix(path)
+    data = path.read_bytes()
+    text = data.decode("utf-8", errors="surrogateescape")  # a torn multi-byte character stays in the tail
+    reader = _complete_csv if path.suffix.lower() == ".csv" else _complete_jsonl
+    rows, end = reader(path, text)
+    if repair and end < len(text):
+        with open(path, "r+b") as f:
+            f.truncate(len(text[:end].encode("utf-8", errors="surrogateescape")))
+            f.flush()
+            os.fsync(f.fileno())
+    return rows
+
+
+def _complete_jsonl(path: Path, text: str) -> tuple[list[dict], int]:
+    rows, end = [], 0
+    lines = text.split("\n")
+    for number, line in enumerate(lines[:-1], 1):  # the last piece has no line end: torn, or empty
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:  # a row and its line end are written together: not torn
+            raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg}); the file was not "
+                             "left so by a killed run") from None
+        if not isinstance(row, dict) or "path" not in row:
+            raise ValueError(f"{path}: line {number} is not a result row")
+        rows.append(row)
+        end += len(line) + 1
+    return rows, end
+
+
+def _complete_csv(path: Path, text: str) -> tuple[list[dict], int]:
+    consumed = []  # the lines the csv reader has taken, to know where each record ends
+
+    def lines():
+        for line in io.StringIO(text, newline=""):
+            consumed.append(line)
+            yield line
+
+    reader = csv.reader(lines(), strict=True)
+    header, rows, end = None, [], 0
+    try:
+        for record in reader:
+            taken = "".join(consumed)
+            if not taken.endswith("\n"):
+                break  # the record runs into the end of the file: torn
+            consumed.clear()
+            if header is None:
+                header, end = record, len(taken)
+                continue
+            if len(record) != len(header):
+                if end + len(taken) == len(text):
+                    break  # a torn last record that happens to end a line
+                raise ValueError(f"{path}: row {len(rows) + 1} has {len(record)} fields, the header {len(header)}")
+            rows.append(dict(zip(header, record)))
+            end += len(taken)
+    except csv.Error:
+        pass  # end of the file inside a quoted field: the last record is torn
+    return rows, end
+
+
+class ResumableOutput:
+    """A results file that survives ``kill -9``: rerunning the same command continues it.
+
+    Rows go in input order, one flushed write each. ``FILE.run.json`` beside it records the
+    settings the rows were made with; a rerun with other settings is refused rather than mixing
+    rows made two ways. On resume the file must hold whole rows for a prefix of the inputs (a torn
+    last row is cut off); those inputs are skipped and the rest appended.
+    """
+
+    def __init__(self, path: str | Path, settings: dict):
+        self.path = Path(path)
+        _check_suffix(self.path)
+        self.run_file = self.path.with_name(self.path.name + RUN_FILE_SUFFIX)
+        self.settings = json.loads(json.dumps(settings))  # as it reads back from the run file
+
+    def remove(self) -> None:
+        """Start again (``--overwrite``): the results file and its run file go."""
+        for file in (self.path, self.run_file):
+            file.unlink(missing_ok=True)
+
+    def check(self) -> None:
+        """Refuse an existing file made with other settings, or by something that was not such a run."""
+        if not self.path.exists():
+            return
+        if not self.run_file.is_file():
+            raise ValueError(f"{self.path} exists and has no {self.run_file.name} saying how it was made, so it "
+                             "cannot be resumed; pass --overwrite to replace it, or write to another file")
+        try:
+            recorded = json.loads(self.run_file.read_text(encoding="utf-8"))["settings"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{self.run_file}: unreadable ({err}); pass --overwrite to start again") from None
+        differ = sorted(k for k in set(recorded) | set(self.settings) if recorded.get(k) != self.settings.get(k))
+        if differ:
+            changes = "; ".join(f"{k}: {recorded.get(k)!r} then, {self.settings.get(k)!r} now" for k in differ)
+            raise ValueError(f"{self.path} was written with other settings ({changes}); rerun with the same options "
+                             "to resume, pass --overwrite to start again, or write to another file")
+
+    def completed(self, inputs: Sequence[str], *, repair: bool = True) -> list[ScoreResult]:
+        """The results already in the file, after checking they are the first inputs, in order."""
+        if not self.path.exists():
+            return []
+        rows = read_complete_rows(self.path, repair=repair)
+        if len(rows) > len(inputs):
+            raise ValueError(f"{self.path} holds {len(rows)} rows but this run has {len(inputs)} inputs; "
+                             "pass --overwrite to start again, or write to another file")
+        for number, (row, expected) in enumerate(zip(rows, inputs), 1):
+            if row["path"] != expected:
+                raise ValueError(f"{self.path}: row {number} is {row['path']!r} but input {number} is {expected!r}: "
+                                 "the inputs changed since the file was written; pass --overwrite to start again, "
+                                 "or write to another file")
+        return [ScoreResult.from_row(row) for row in rows]
+
+    def writer(self, attributes: Iterable[str] = ()) -> ResultWriter:
+        """Append to the file (created with its run file when new)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists() or not self.run_file.is_file():
+            self.run_file.write_text(json.dumps({"settings": self.settings}, indent=2) + "\n", encoding="utf-8")
+        return ResultWriter(self.path, attributes, append=True)
 
 
 # ---------------------------------------------------------------- reading predictions for evaluation
@@ -167,6 +327,16 @@ def _read_rows(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
+
+
+def _value(value) -> float | str | None:
+    """A score cell: a number, a categorical answer (a word), or empty."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def _number(value) -> float | None:

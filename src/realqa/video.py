@@ -374,12 +374,45 @@ class FrameWriter:
 
     FIELDS = ("video", "index", "time", "score", "ncm", "status", "text")
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, keep: Sequence[str] | None = None):
+        """``keep`` resumes a killed run's file: the videos it finished (one entry per finished
+        occurrence, in input order) keep their frame rows; rows of a clip whose result row was
+        never written are dropped, since that clip is scored again."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = open(self.path, "w", newline="", encoding="utf-8")
+        if keep is not None and self.path.is_file():
+            self._keep_finished(keep)
+        self._file: IO[str] = open(self.path, "a" if keep is not None else "w", newline="", encoding="utf-8")
         self._csv = csv.DictWriter(self._file, fieldnames=self.FIELDS)
-        self._csv.writeheader()
+        if self._file.tell() == 0:
+            self._csv.writeheader()
+
+    def _keep_finished(self, keep: Sequence[str]) -> None:
+        from collections import Counter
+
+        from .results import read_complete_rows
+
+        left = Counter(keep)
+        kept: list[dict] = []
+        block: list[dict] = []  # one clip's rows, written together
+
+        def close_block() -> None:
+            if block and left[block[0]["video"]] > 0:
+                left[block[0]["video"]] -= 1
+                kept.extend(block)
+            block.clear()
+
+        for row in read_complete_rows(self.path):
+            if block and (row["video"] != block[0]["video"] or row["index"] == "0"):  # a new clip's first sample
+                close_block()
+            block.append(row)
+        close_block()
+        partial = self.path.with_name(self.path.name + ".tmp")
+        with open(partial, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+            writer.writeheader()
+            writer.writerows(kept)
+        os.replace(partial, self.path)  # never a half-rewritten side file
 
     @staticmethod
     def beside(out: str | os.PathLike) -> Path:
