@@ -87,16 +87,41 @@ def default_model() -> str:
     return str(folder)
 
 
+def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--workers``, ``--group-batches``, ``--attention``: speed only, never the results."""
+    from .engine import ATTENTION
+
+    group = parser.add_argument_group("throughput")
+    group.add_argument("--workers", type=int,
+                       help="processes decoding and preprocessing images ahead of the model; 0: in this process "
+                            "(default: up to 8 on a GPU, 0 on a CPU)")
+    group.add_argument("--group-batches", type=int, default=4,
+                       help="sort images by size within windows of this many batches, so batches pad little "
+                            "(results stay in input order; 1: no sorting; default: %(default)s)")
+    group.add_argument("--attention", choices=ATTENTION, default="auto",
+                       help="attention kernels (default auto: flash_attention_2 where installed on CUDA, else sdpa)")
+
+
 def load_scorer_from_args(args):
-    """The scorer the ``--model/--adapter/--device/--dtype/--batch-size/--min-pixels/--max-pixels`` options ask for."""
+    """The scorer the ``--model/--adapter/--device/--dtype/--batch-size/--min-pixels/--max-pixels`` options
+    (and, where the command has them, ``--workers/--group-batches/--attention``) ask for."""
     from .engine import load_scorer
+    from .prefetch import default_workers
 
     options = {"batch_size": args.batch_size}
     if args.min_pixels:
         options["min_pixels"] = args.min_pixels
     if args.max_pixels:
         options["max_pixels"] = args.max_pixels
-    return load_scorer(args.model or default_model(), args.adapter, device=args.device, dtype=args.dtype, **options)
+    if getattr(args, "group_batches", None) is not None:
+        options["group_batches"] = args.group_batches
+    if getattr(args, "workers", None) is not None:
+        options["workers"] = args.workers
+    scorer = load_scorer(args.model or default_model(), args.adapter, device=args.device, dtype=args.dtype,
+                         attention=getattr(args, "attention", "auto"), **options)
+    if getattr(args, "workers", 0) is None:
+        scorer.workers = default_workers(scorer.loaded.device)
+    return scorer
 
 
 def _serve(args) -> int:

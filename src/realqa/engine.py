@@ -11,6 +11,11 @@ chain-of-thought), the engine
 
 The positions of the question tokens follow Qwen2-VL's multimodal RoPE: text after an image
 continues from the image's largest position, an offset computed from its patch grid.
+
+Throughput: images are decoded and preprocessed ahead of the model (in ``workers`` processes, see
+:mod:`realqa.prefetch`); within a window of ``group_batches`` batches the images are sorted by
+prompt length (their visual-token count) before batching, so a batch pads little; results still
+come out in input order. On CUDA batches are copied from pinned memory without blocking.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .batching import Example, ExampleBuilder, accepts_token_types, collate
 from .chat import DEFAULT_COT_FORM, read_cot_attributes, render_prompt
 from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError
 from .model import ScoringModel, load_model
+from .prefetch import prepare_examples
 from .numeric import PARSE_NO_SCORE, digit_expectation
 from .results import ScoreResult
 from .tasks import Task
@@ -61,11 +67,17 @@ class Scorer:
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         max_cot_tokens: int = DEFAULT_MAX_COT_TOKENS,
         cot_form: str | None = None,
+        workers: int = 0,
+        group_batches: int = 4,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if workers < 0 or group_batches < 1:
+            raise ValueError(f"need workers >= 0 and group_batches >= 1, got {workers} and {group_batches}")
         self.loaded = loaded
         self.batch_size = batch_size
+        self.workers = workers
+        self.group_batches = group_batches
         self.max_cot_tokens = max_cot_tokens
         self.cot_form = cot_form or loaded.card.cot_form or DEFAULT_COT_FORM
         config = loaded.model.config
@@ -155,14 +167,21 @@ class Scorer:
                        batch_size: int | None = None) -> Iterator[list[ScoreResult]]:
         """For each input, in order, one result per question."""
         size = batch_size or self.batch_size
-        chunk: list[tuple[int, ImageInput]] = []
-        for index, image in enumerate(images):
-            chunk.append((index, image))
-            if len(chunk) == size:
-                yield from self._score_chunk(chunk, questions)
+        prompts = [self.prompt_ids(q) for q in questions]
+        shared = self._shared_prefix(prompts)
+        suffixes = [p[shared:] for p in prompts]
+        limits = [self._max_new_tokens(q) for q in questions]
+        window = size * self.group_batches
+        prepared = prepare_examples(images, self.examples, prompts[0][:shared], dtype=self.loaded.dtype,
+                                    workers=self.workers, chunk=size, ahead=2 * window)
+        chunk: list = []
+        for item in prepared:
+            chunk.append(item)
+            if len(chunk) == window:
+                yield from self._score_window(chunk, questions, suffixes, limits, size)
                 chunk = []
         if chunk:
-            yield from self._score_chunk(chunk, questions)
+            yield from self._score_window(chunk, questions, suffixes, limits, size)
 
     # ------------------------------------------------------------ prompts
 
@@ -212,31 +231,33 @@ class Scorer:
 
     # ------------------------------------------------------------ steps
 
-    def _score_chunk(self, chunk: Sequence[tuple[int, ImageInput]], questions: Sequence[Question]) -> list[list[ScoreResult]]:
-        prompts = [self.prompt_ids(q) for q in questions]
-        shared = self._shared_prefix(prompts)
+    def _score_window(self, window: Sequence[tuple], questions: Sequence[Question], suffixes: Sequence[list[int]],
+                      limits: Sequence[int], size: int) -> list[list[ScoreResult]]:
+        """Score a window of prepared inputs in batches of similar length; results in input order."""
         results: dict[int, list[ScoreResult]] = {}
-        prepared: dict[int, Example] = {}
-        labels = {index: _label(index, image) for index, image in chunk}
-        for index, image in chunk:
-            try:
-                prepared[index] = self.examples.build(image, labels[index], prompts[0][:shared])
-            except MediaError as err:
-                results[index] = [ScoreResult.failed(labels[index], q.task.name, str(err)) for q in questions]
-        if prepared:
-            suffixes = [p[shared:] for p in prompts]
-            answers = self._answer(list(prepared.values()), suffixes, [self._max_new_tokens(q) for q in questions])
-            for row, index in enumerate(prepared):
-                results[index] = [self._read(labels[index], q, answers[row][j]) for j, q in enumerate(questions)]
-        return [results[index] for index, _ in chunk]
+        ready = []
+        for index, label, example in window:
+            if isinstance(example, MediaError):
+                results[index] = [ScoreResult.failed(label, q.task.name, str(example)) for q in questions]
+            else:
+                ready.append((index, label, example))
+        ready.sort(key=lambda item: len(item[2].input_ids))  # stable: equal lengths stay in input order
+        for start in range(0, len(ready), size):
+            batch = ready[start:start + size]
+            answers = self._answer([example for _, _, example in batch], suffixes, limits)
+            for (index, label, _), per_question in zip(batch, answers):
+                results[index] = [self._read(label, q, a) for q, a in zip(questions, per_question)]
+        return [results[index] for index, _, _ in window]
 
     def collate(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         """Left-padded batch on the model's device and dtype."""
         batch = collate(examples, pad_id=self._pad_id, image_token_id=self._image_token_id,
                         padding_side="left", token_types=self._token_types)
-        batch = {key: value.to(self.loaded.device) for key, value in batch.items()}
         batch["pixel_values"] = batch["pixel_values"].to(self.loaded.dtype)
-        return batch
+        device = self.loaded.device
+        if device.type == "cuda":  # pinned pages copy asynchronously: the CPU goes on with the next step
+            return {key: value.pin_memory().to(device, non_blocking=True) for key, value in batch.items()}
+        return {key: value.to(device) for key, value in batch.items()}
 
     def _text_position_offset(self, grids: torch.Tensor) -> torch.Tensor:
         """Per image, M-RoPE position minus sequence index for text after the image.
@@ -380,11 +401,7 @@ def _last_number(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
-def _label(index: int, image: ImageInput) -> str:
-    """The identity a result row keeps: the path as given, or the position of an in-memory image."""
-    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        return str(image) if not isinstance(image, bytes) else image.decode()
-    return f"<image {index}>"
+ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
 
 
 def load_scorer(
@@ -392,11 +409,33 @@ def load_scorer(
     adapter: str | None = None,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
+    *,
+    attention: str = "auto",
     **scorer_options,
 ) -> Scorer:
     """Load a Qwen2-VL / Qwen2.5-VL checkpoint (folder or hub id), an optional LoRA adapter, and wrap it.
 
-    ``scorer_options`` go to :class:`Scorer`: ``batch_size``, ``min_pixels``, ``max_pixels`` (default:
-    the bounds in the model card, else RealQA's), ``max_image_pixels``, ``max_cot_tokens``, ``cot_form``.
+    ``attention``: ``"auto"`` is FlashAttention-2 where the ``flash_attn`` package is installed and the
+    model runs on CUDA in 16 bits, else PyTorch's SDPA. ``scorer_options`` go to :class:`Scorer`:
+    ``batch_size``, ``min_pixels``, ``max_pixels`` (default: the bounds in the model card, else
+    RealQA's), ``max_image_pixels``, ``max_cot_tokens``, ``cot_form``, ``workers``, ``group_batches``.
     """
-    return Scorer(load_model(model, adapter, device=device, dtype=dtype), **scorer_options)
+    loaded = load_model(model, adapter, device=device, dtype=dtype)
+    set_attention(loaded, attention)
+    return Scorer(loaded, **scorer_options)
+
+
+def set_attention(loaded: ScoringModel, attention: str = "auto") -> str:
+    """Switch the loaded model's attention kernels (it loads with SDPA); returns the one in use."""
+    if attention not in ATTENTION:
+        raise ValueError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTION)}")
+    if attention == "auto":
+        import importlib.util
+
+        fits = loaded.device.type == "cuda" and loaded.dtype in (torch.bfloat16, torch.float16)
+        attention = "flash_attention_2" if fits and importlib.util.find_spec("flash_attn") else "sdpa"
+    if attention == "flash_attention_2" and loaded.device.type != "cuda":
+        raise ValueError("flash_attention_2 runs on CUDA only; use --attention sdpa")
+    if attention != "sdpa":  # what load_model loads with
+        loaded.model.set_attn_implementation(attention)
+    return attention
