@@ -251,11 +251,16 @@ class ResumableOutput:
                                  "or write to another file")
         return [ScoreResult.from_row(row) for row in rows]
 
-    def writer(self, attributes: Iterable[str] = ()) -> ResultWriter:
-        """Append to the file (created with its run file when new)."""
+    def begin(self) -> None:
+        """Create the (empty) file and its run file, unless they exist."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists() or not self.run_file.is_file():
             self.run_file.write_text(json.dumps({"settings": self.settings}, indent=2) + "\n", encoding="utf-8")
+            self.path.touch()
+
+    def writer(self, attributes: Iterable[str] = ()) -> ResultWriter:
+        """Append to the file (created with its run file when new)."""
+        self.begin()
         return ResultWriter(self.path, attributes, append=True)
 
 

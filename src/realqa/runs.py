@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -48,8 +49,16 @@ def _identity(model: str) -> str:
     return str(Path(model).resolve()) if os.path.exists(model) else model
 
 
-def score_run(args: argparse.Namespace, inputs: Sequence[str], *, log: Callable[[str], None]) -> list[ScoreResult]:
-    """Score ``inputs`` as the ``realqa score`` options say; every input's result, in input order."""
+def score_run(args: argparse.Namespace, inputs: Sequence[str], *, log: Callable[[str], None]) -> list[ScoreResult] | None:
+    """Score ``inputs`` as the ``realqa score`` options say; every input's result, in input order.
+
+    Under ``torchrun`` only rank 0 returns them (the other ranks return None).
+    """
+    ranks = Ranks.from_env()
+    if ranks is not None:
+        return score_distributed(args, inputs, ranks, log=log)
+    if args.out is not None and part_files(Path(args.out)):  # a killed distributed run: reuse its parts too
+        return score_distributed(args, inputs, Ranks(0, 1, 0), log=log)
     if args.out is None:
         return _score_rows(args, list(inputs), [], None, log=log)
     output = ResumableOutput(args.out, run_settings(args))
@@ -69,10 +78,8 @@ def _score_rows(args, remaining: list[str], done: list[ScoreResult], output: Res
     """Score ``remaining`` in this process, appending each row to ``output`` as it comes."""
     if not remaining:
         return []
-    from tqdm import tqdm
-
-    from .commands import load_scorer_from_args, video_options
-    from .video import FrameWriter, is_video, iter_with_videos
+    from .commands import load_scorer_from_args
+    from .video import FrameWriter, is_video
 
     scorer = load_scorer_from_args(args)
     writer = output.writer(_attribute_names(scorer, args)) if output else None
@@ -80,22 +87,35 @@ def _score_rows(args, remaining: list[str], done: list[ScoreResult], output: Res
     if output is not None and any(map(is_video, remaining)):
         frames = FrameWriter(_frames_file(output.path), keep=[r.path for r in done if is_video(r.path)])
     results = []
-    progress = tqdm(total=len(done) + len(remaining), initial=len(done), unit="input",
-                    disable=args.quiet or None, file=sys.stderr)
     try:
-        rows = iter_with_videos(scorer, remaining, args.task, decimals=args.decimals, video=video_options(args),
-                                on_video=frames.write if frames else None, cot=args.cot, attributes=args.attributes)
-        for result in rows:
+        for result in _scored(scorer, args, remaining, frames, shown=True, done=len(done)):
             results.append(result)
             if writer:
                 writer.write(result)
-            progress.update()
     finally:
-        progress.close()
         for file in (writer, frames):
             if file:
                 file.close()
     return results
+
+
+def _scored(scorer, args, inputs: Sequence[str], frames, *, shown: bool, done: int = 0):
+    """The rows of ``inputs`` in order, with a progress bar on stderr when ``shown``."""
+    from tqdm import tqdm
+
+    from .commands import video_options
+    from .video import iter_with_videos
+
+    progress = tqdm(total=done + len(inputs), initial=done, unit="input", disable=args.quiet or not shown or None,
+                    file=sys.stderr)
+    try:
+        for result in iter_with_videos(scorer, inputs, args.task, decimals=args.decimals, video=video_options(args),
+                                       on_video=frames.write if frames else None, cot=args.cot,
+                                       attributes=args.attributes):
+            progress.update()
+            yield result
+    finally:
+        progress.close()
 
 
 def _attribute_names(scorer, args) -> list[str]:
@@ -106,3 +126,140 @@ def _frames_file(out: str | os.PathLike) -> Path:
     from .video import FrameWriter
 
     return FrameWriter.beside(out)
+
+
+# ---------------------------------------------------------------- torchrun / accelerate launch
+
+
+class Ranks:
+    """This process's place in a ``torchrun`` / ``accelerate launch`` job (both set these variables)."""
+
+    def __init__(self, rank: int, world: int, local_rank: int):
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+
+    @classmethod
+    def from_env(cls) -> "Ranks | None":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return None
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def part_files(out: Path) -> list[Path]:
+    """The ranks' part files of a distributed run into ``out`` (any world size, left by any run)."""
+    return sorted(out.parent.glob(f"{out.name}.part-*.jsonl"))
+
+
+def score_distributed(args, inputs: Sequence[str], ranks: Ranks, *, log: Callable[[str], None]) -> list[ScoreResult] | None:
+    """Each rank scores its share of the inputs not yet done into ``OUT.part-RANK.jsonl`` (rows with
+    their input index, appended as they come); then rank 0 appends them to ``--out`` in input order
+    and removes the parts. Killed anywhere, a rerun (with any number of ranks) reuses every whole row
+    in ``--out`` and in the parts."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if args.out is None:
+        raise ValueError("a distributed run (torchrun / accelerate launch) needs --out: the ranks' rows merge into it")
+    from .video import is_video
+
+    group = ranks.world > 1  # else one process finishing a killed distributed run
+    if group:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda"):
+            device = f"cuda:{ranks.local_rank}"  # every rank its own GPU
+            torch.cuda.set_device(ranks.local_rank)
+        args.device = device
+        if not dist.is_initialized():
+            # Long timeout: ranks wait at the final barrier while the slowest finishes its share.
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
+                                    timeout=datetime.timedelta(hours=24))
+    try:
+        plan: list = [None]
+        if ranks.rank == 0:
+            try:
+                plan[0] = _plan(args, inputs, log)
+            except (ValueError, OSError) as err:
+                plan[0] = err
+        if group:
+            dist.broadcast_object_list(plan, src=0)  # one rank decides what is left; all follow
+        if isinstance(plan[0], Exception):
+            if ranks.rank == 0:
+                raise plan[0]
+            return None
+        remaining = plan[0]
+        share = remaining[ranks.rank::ranks.world]  # strided: a sorted folder's big and small images spread out
+        if ranks.rank == 0 and any(is_video(inputs[i]) for i in remaining):
+            log("note: a distributed run writes no per-frame side file for videos; each clip's row has its mean")
+        if share:
+            from .commands import load_scorer_from_args
+
+            scorer = load_scorer_from_args(args)
+            part = Path(args.out).with_name(f"{Path(args.out).name}.part-{ranks.rank}.jsonl")
+            with open(part, "a", encoding="utf-8") as f:
+                rows = _scored(scorer, args, [inputs[i] for i in share], None, shown=ranks.rank == 0)
+                for index, result in zip(share, rows):
+                    f.write(json.dumps({"index": index, **result.to_row()}, ensure_ascii=False) + "\n")
+                    f.flush()
+        if group:
+            dist.barrier()
+        if ranks.rank != 0:
+            return None
+        return _merge(args, inputs)
+    finally:
+        if group:
+            dist.destroy_process_group()
+
+
+def _plan(args, inputs: Sequence[str], log) -> list[int]:
+    """Rank 0: check and repair ``--out`` and the parts; the indices of the inputs left to score."""
+    output = ResumableOutput(args.out, run_settings(args))
+    if args.overwrite:
+        output.remove()
+        for part in part_files(output.path):
+            part.unlink()
+    output.check()
+    if not output.path.exists() and part_files(output.path):
+        raise ValueError(f"{output.path}.part-*.jsonl are left from another run; pass --overwrite to start again")
+    done = output.completed(inputs)
+    parted = _part_rows(output.path, inputs, repair=True)
+    output.begin()  # --out and its run file exist from now on: the parts are made with these settings
+    remaining = [i for i in range(len(done), len(inputs)) if i not in parted]
+    if done or parted:
+        log(f"resuming {args.out}: {len(done) + len([i for i in parted if i >= len(done)])} of {len(inputs)} inputs "
+            "were already scored")
+    return remaining
+
+
+def _part_rows(out: Path, inputs: Sequence[str], *, repair: bool = False) -> dict[int, dict]:
+    from .results import read_complete_rows
+
+    rows: dict[int, dict] = {}
+    for part in part_files(out):
+        for row in read_complete_rows(part, repair=repair):
+            index = row.pop("index", None)
+            if not isinstance(index, int) or not 0 <= index < len(inputs) or inputs[index] != row["path"]:
+                raise ValueError(f"{part}: a row for {row['path']!r} at input {index} does not match this run's "
+                                 "inputs; pass --overwrite to start again")
+            rows[index] = row
+    return rows
+
+
+def _merge(args, inputs: Sequence[str]) -> list[ScoreResult]:
+    """Rank 0: the parts' rows into ``--out`` in input order, then the parts go."""
+    output = ResumableOutput(args.out, run_settings(args))
+    done = output.completed(inputs)  # a merge killed half way left more rows here: they stay
+    parted = _part_rows(output.path, inputs)
+    missing = [inputs[i] for i in range(len(done), len(inputs)) if i not in parted]
+    if missing:
+        raise ValueError(f"{len(missing)} inputs have no row after the ranks finished (first: {missing[0]}); "
+                         "rerun the same command to score them")
+    merged = [ScoreResult.from_row(parted[i]) for i in range(len(done), len(inputs))]
+    names = list(dict.fromkeys(n for r in done + merged for n in (r.attributes or {})))
+    with output.writer(names) as writer:
+        for result in merged:
+            writer.write(result)
+    for part in part_files(output.path):
+        part.unlink()
+    return done + merged
