@@ -61,12 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     trainer.add_argument("--decimals", type=int, help="target precision 0..3 (the paper's ablation); same as decimals=K")
     trainer.set_defaults(run=_train)
 
-    from .commands import add_commands as add_app_commands, add_throughput_arguments, add_video_arguments
+    from .commands import (add_backend_arguments, add_commands as add_app_commands, add_throughput_arguments,
+                           add_video_arguments)
     from .data.commands import add_commands
 
     add_commands(commands)  # data list | prepare | export-llamafactory | import-llamafactory, and bench
     add_app_commands(commands)  # serve, report
     add_throughput_arguments(score)
+    add_backend_arguments(score)
     add_video_arguments(score)
 
     tiny = commands.add_parser("tiny-model", help="build the tiny random Qwen2-VL test model into a folder")

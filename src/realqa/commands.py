@@ -102,6 +102,20 @@ def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
                        help="attention kernels (default auto: flash_attention_2 where installed on CUDA, else sdpa)")
 
 
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` and the Ray options of ``realqa score``."""
+    group = parser.add_argument_group("many machines")
+    group.add_argument("--backend", choices=("local", "ray"), default="local",
+                       help="local: this process (or the ranks of torchrun); ray: actors on a Ray cluster "
+                            "(pip install 'realqa[ray]')")
+    group.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
+    group.add_argument("--ray-actors", type=int, help="scorer actors, one model each (default: one per GPU, else 1)")
+    group.add_argument("--ray-gpus-per-actor", type=float,
+                       help="GPUs each actor reserves (default: 1 when the cluster has GPUs, else 0)")
+    group.add_argument("--ray-batch-size", type=int,
+                       help="inputs per actor call (default: 8 grouping windows, batch size x group batches x 8)")
+
+
 def load_scorer_from_args(args):
     """The scorer the ``--model/--adapter/--device/--dtype/--batch-size/--min-pixels/--max-pixels`` options
     (and, where the command has them, ``--workers/--group-batches/--attention``) ask for."""

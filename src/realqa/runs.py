@@ -5,7 +5,8 @@
   inputs already in the file (:class:`realqa.results.ResumableOutput`).
 - ``torchrun`` / ``accelerate launch``: the inputs not yet done are shared out across the ranks
   (:func:`score_distributed`); rank 0 merges the ranks' parts into ``--out`` in input order.
-- ``--backend ray``: :mod:`realqa.ray_backend` maps scorer actors over the inputs.
+- ``--backend ray``: :mod:`realqa.ray_backend` maps scorer actors over the inputs not yet done, on
+  a Ray cluster; the driver appends their rows to ``--out`` in input order.
 """
 
 from __future__ import annotations
@@ -55,21 +56,27 @@ def score_run(args: argparse.Namespace, inputs: Sequence[str], *, log: Callable[
     Under ``torchrun`` only rank 0 returns them (the other ranks return None).
     """
     ranks = Ranks.from_env()
+    ray = getattr(args, "backend", "local") == "ray"
     if ranks is not None:
+        if ray:
+            raise ValueError("--backend ray runs its own workers; start it once, not under torchrun")
         return score_distributed(args, inputs, ranks, log=log)
     if args.out is not None and part_files(Path(args.out)):  # a killed distributed run: reuse its parts too
         return score_distributed(args, inputs, Ranks(0, 1, 0), log=log)
-    if args.out is None:
-        return _score_rows(args, list(inputs), [], None, log=log)
-    output = ResumableOutput(args.out, run_settings(args))
-    frames_file = _frames_file(args.out)
-    if args.overwrite:
-        output.remove()
-        frames_file.unlink(missing_ok=True)
-    output.check()
-    done = output.completed(inputs)
-    if done:
-        log(f"resuming {args.out}: {len(done)} of {len(inputs)} inputs were already scored")
+    output, done = None, []
+    if args.out is not None:
+        output = ResumableOutput(args.out, run_settings(args))
+        if args.overwrite:
+            output.remove()
+            _frames_file(args.out).unlink(missing_ok=True)
+        output.check()
+        done = output.completed(inputs)
+        if done:
+            log(f"resuming {args.out}: {len(done)} of {len(inputs)} inputs were already scored")
+    if ray:
+        from .ray_backend import score_with_ray
+
+        return done + score_with_ray(args, inputs, done, output, log=log)
     return done + _score_rows(args, list(inputs[len(done):]), done, output, log=log)
 
 
