@@ -110,3 +110,17 @@ def test_cli_workers_option_gives_the_same_file(format_model_dir, tmp_path):
         assert (a["ncm"] is None) == (b["ncm"] is None)
         if a["ncm"] is not None:
             assert b["ncm"] == pytest.approx(a["ncm"], abs=1e-5)
+
+
+def test_compiled_language_model_gives_the_same_results(tiny_model_dir, tmp_path):
+    """--compile: torch.compile (inductor, dynamic shapes) of the language model changes no answer."""
+    from realqa.engine import compile_language_model
+
+    images = mixed_images(tmp_path)[:8]
+    plain = Scorer(load_model(tiny_model_dir, device="cpu"), batch_size=4, **MIXED_PIXELS).score(images)
+    loaded = load_model(tiny_model_dir, device="cpu")
+    compile_language_model(loaded)
+    compiled = Scorer(loaded, batch_size=4, **MIXED_PIXELS).score(images + images[:3])  # new batch shapes too
+    for a, b in zip(plain + plain[:3], compiled):
+        assert (a.path, a.status, a.text) == (b.path, b.status, b.text)
+        assert (a.ncm is None and b.ncm is None) or b.ncm == pytest.approx(a.ncm, abs=1e-5)

@@ -100,6 +100,8 @@ def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
                             "(results stay in input order; 1: no sorting; default: %(default)s)")
     group.add_argument("--attention", choices=ATTENTION, default="auto",
                        help="attention kernels (default auto: flash_attention_2 where installed on CUDA, else sdpa)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the language model (the first batches wait for the compilation)")
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +134,8 @@ def load_scorer_from_args(args):
     if getattr(args, "workers", None) is not None:
         options["workers"] = args.workers
     scorer = load_scorer(args.model or default_model(), args.adapter, device=args.device, dtype=args.dtype,
-                         attention=getattr(args, "attention", "auto"), **options)
+                         attention=getattr(args, "attention", "auto"), compile=getattr(args, "compile", False),
+                         **options)
     if getattr(args, "workers", 0) is None:
         scorer.workers = default_workers(scorer.loaded.device)
     return scorer

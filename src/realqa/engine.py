@@ -411,18 +411,32 @@ def load_scorer(
     dtype: str | torch.dtype | None = None,
     *,
     attention: str = "auto",
+    compile: bool = False,
     **scorer_options,
 ) -> Scorer:
     """Load a Qwen2-VL / Qwen2.5-VL checkpoint (folder or hub id), an optional LoRA adapter, and wrap it.
 
     ``attention``: ``"auto"`` is FlashAttention-2 where the ``flash_attn`` package is installed and the
-    model runs on CUDA in 16 bits, else PyTorch's SDPA. ``scorer_options`` go to :class:`Scorer`:
+    model runs on CUDA in 16 bits, else PyTorch's SDPA. ``compile=True`` compiles the language model
+    with ``torch.compile`` (dynamic shapes; the first batches pay the compilation, minutes on a CPU).
+    ``scorer_options`` go to :class:`Scorer`:
     ``batch_size``, ``min_pixels``, ``max_pixels`` (default: the bounds in the model card, else
     RealQA's), ``max_image_pixels``, ``max_cot_tokens``, ``cot_form``, ``workers``, ``group_batches``.
     """
     loaded = load_model(model, adapter, device=device, dtype=dtype)
     set_attention(loaded, attention)
+    if compile:
+        compile_language_model(loaded)
     return Scorer(loaded, **scorer_options)
+
+
+def compile_language_model(loaded: ScoringModel) -> None:
+    """``torch.compile`` the language model in place (same module tree and weights).
+
+    Only the language model: the vision tower's attention splits the batch per image with a
+    host-side list, so a compiled tower recompiles for every new mix of image sizes.
+    """
+    loaded.model.model.language_model.compile(dynamic=True)
 
 
 def set_attention(loaded: ScoringModel, attention: str = "auto") -> str:
