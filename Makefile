@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test,all]"
 	touch $(STAMP)
 
+# --overwrite: a fresh table each time (without it `realqa score` resumes an existing --out).
 demo: $(STAMP)
-	$(BIN)/realqa score $(IMAGES) --out $(OUT)
+	$(BIN)/realqa score $(IMAGES) --out $(OUT) --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
