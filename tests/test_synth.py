@@ -114,6 +114,20 @@ def test_plan_splits_by_photo_and_skips_saturation_on_grey_photos(photos):
            [j.split for j in plan(sorted(photos.iterdir()), seed=4, levels=2)]
 
 
+def test_variants_draw_part_of_the_grid_per_training_view_and_leave_the_test_split_whole(photos):
+    full = plan(sorted(photos.iterdir()), seed=3, levels=2, views=3)
+    drawn = plan(sorted(photos.iterdir()), seed=3, levels=2, views=3, variants=4)
+    assert [j for j in full if j.split == "test"] == [j for j in drawn if j.split == "test"]
+    views = {(j.photo, j.view) for j in drawn if j.split == "train"}
+    assert len(views) == 6 * 3
+    for photo_name, view in views:
+        jobs = [j for j in drawn if (j.photo, j.view) == (photo_name, view)]
+        assert len(jobs) == 1 + 4 and sum(not j.applied for j in jobs) == 1  # the clean view and 4 draws
+        assert len({j.applied for j in jobs}) == 5
+    grids = {tuple(j.applied for j in drawn if (j.photo, j.view) == key) for key in views}
+    assert len(grids) > 1  # each view draws its own
+
+
 def test_synthesize_writes_readable_manifests_and_a_readme(photos, tmp_path):
     types = ["gaussian_blur", "overexposure", "saturation_loss", "tilt"]
     dataset, paths = synthesize(photos, tmp_path / "synth", seed=1, types=types, levels=2, views=2)

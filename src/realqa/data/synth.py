@@ -16,10 +16,12 @@ Spatial parameters (blur sigma, motion length) are in pixels of a 1024 px long s
 the image, so a distortion looks the same on any image size. The attribute labels are those the
 applied distortions set, on top of the clean photo's ``clear / normal / normal / level``.
 
-The train split holds ``views`` random crops (with flips) of each train photo, each crop clean and
-distorted at every level of every type (plus optional random pairs of types); the test split holds
-the whole test photos, likewise. Photos are split by a seeded shuffle of their names
-(:func:`realqa.data.splits.random_split`), so no photo's content is in both splits.
+The train split holds ``views`` random crops (25-100% of the area, mirrored at random) of each
+train photo, each crop clean plus every type at every level, or ``variants`` random draws from that
+grid (more crops with fewer variants each give more content for the same number of images), plus
+optional random pairs of types. The test split holds the whole test photos with the whole grid.
+Photos are split by a seeded shuffle of their names (:func:`realqa.data.splits.random_split`), so
+no photo's content is in both splits.
 
 Photos with too little colour to lose or exaggerate (colourfulness below 15, "not colourful" on
 Hasler and Suesstrunk's scale, e.g. black-and-white photos) get no saturation distortions: their
@@ -314,16 +316,18 @@ def split_photos(names: Sequence[str], test_fraction: float, seed: int) -> dict[
 
 
 def plan(photos: Sequence[Path], *, seed: int = 0, test_fraction: float = 0.25, types: Sequence[str] | None = None,
-         levels: int = 5, views: int = 4, pairs: int = 0, splits: Sequence[str] = (TRAIN, TEST)) -> list[Job]:
-    """Every image of the set: per view, the clean image, each type at each level, then ``pairs``
-    random pairs of compatible types at random levels. Test photos have one view: the whole photo.
-    ``splits`` limits the plan to some splits (the others' images are the same whether planned or not)."""
+         levels: int = 5, views: int = 4, variants: int = 0, pairs: int = 0,
+         splits: Sequence[str] = (TRAIN, TEST)) -> list[Job]:
+    """Every image of the set: per view, the clean image, each type at each level (or, for training
+    views with ``variants`` > 0, that many (type, level) draws from that grid), then ``pairs`` random
+    pairs of compatible types at random levels. Test photos have one view: the whole photo, with the
+    whole grid. ``splits`` limits the plan to some splits (the images planned do not depend on it)."""
     types = list(types or DISTORTIONS)
     unknown = sorted(set(types) - set(DISTORTIONS))
     if unknown:
         raise ValueError(f"unknown distortion type(s) {', '.join(unknown)}; known: {', '.join(DISTORTIONS)}")
-    if levels < 1 or views < 1 or pairs < 0:
-        raise ValueError("levels and views must be >= 1 and pairs >= 0")
+    if levels < 1 or views < 1 or pairs < 0 or variants < 0:
+        raise ValueError("levels and views must be >= 1, variants and pairs >= 0")
     split_of = split_photos([p.stem for p in photos], test_fraction, seed)
     jobs = []
     for photo in photos:
@@ -335,8 +339,10 @@ def plan(photos: Sequence[Path], *, seed: int = 0, test_fraction: float = 0.25, 
             colourful = colourfulness(opened) >= MIN_COLOURFULNESS
         usable = [t for t in types if colourful or not DISTORTIONS[t].needs_colour]
         for view in range(views if split == TRAIN else 1):
-            combos: list[tuple[Applied, ...]] = [()]
-            combos += [(Applied(t, level, levels),) for t in usable for level in range(1, levels + 1)]
+            grid = [(Applied(t, level, levels),) for t in usable for level in range(1, levels + 1)]
+            if split == TRAIN and 0 < variants < len(grid):
+                grid = [grid[i] for i in sorted(rng.choice(len(grid), variants, replace=False))]
+            combos: list[tuple[Applied, ...]] = [(), *grid]
             candidates = [(a, b) for i, a in enumerate(usable) for b in usable[i + 1 :] if compatible(a, b)]
             for _ in range(pairs if candidates else 0):
                 a, b = candidates[rng.integers(len(candidates))]
@@ -353,13 +359,14 @@ def plan(photos: Sequence[Path], *, seed: int = 0, test_fraction: float = 0.25, 
 
 
 def view_of(photo: Image.Image, view: int, rng: np.random.Generator) -> Image.Image:
-    """View 0 is the whole photo; others are a random crop of 45-100% of its area (same aspect
-    ratio, not resampled) and a coin-flip mirror."""
+    """View 0 is the whole photo; others are a random crop of 25-100% of its area, its aspect ratio
+    changed by up to a third (not resampled), and a coin-flip mirror."""
     if view == 0:
         return photo
     width, height = photo.size
-    side = np.sqrt(rng.uniform(0.45, 1.0))
-    box_w, box_h = round(width * side), round(height * side)
+    area, stretch = rng.uniform(0.25, 1.0), np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
+    box_w = min(width, round(width * np.sqrt(area * stretch)))
+    box_h = min(height, round(height * np.sqrt(area / stretch)))
     left, top = int(rng.integers(0, width - box_w + 1)), int(rng.integers(0, height - box_h + 1))
     image = photo.crop((left, top, left + box_w, top + box_h))
     return ImageOps.mirror(image) if rng.random() < 0.5 else image
@@ -398,8 +405,8 @@ def _sample(job: Job, relative: str, size: tuple[int, int]) -> Sample:
 
 
 def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, test_fraction: float = 0.25,
-               types: Sequence[str] | None = None, levels: int = 5, views: int = 4, pairs: int = 0,
-               splits: Sequence[str] = (TRAIN, TEST), workers: int = 1,
+               types: Sequence[str] | None = None, levels: int = 5, views: int = 4, variants: int = 0,
+               pairs: int = 0, splits: Sequence[str] = (TRAIN, TEST), workers: int = 1,
                progress: Callable[[int, int], None] | None = None) -> tuple[Dataset, dict[str, Path]]:
     """Write the distorted images, ``train.jsonl``/``test.jsonl`` manifests, ``synth.json`` and a README.
 
@@ -411,8 +418,8 @@ def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: i
     for photo in photos:
         with Image.open(photo) as opened:
             sizes[photo.stem] = ImageOps.exif_transpose(opened).size
-    jobs = plan(photos, seed=seed, test_fraction=test_fraction, types=types, levels=levels, views=views, pairs=pairs,
-                splits=splits)
+    jobs = plan(photos, seed=seed, test_fraction=test_fraction, types=types, levels=levels, views=views,
+                variants=variants, pairs=pairs, splits=splits)
     out.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
     with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
@@ -421,7 +428,7 @@ def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: i
             if progress:
                 progress(done, len(jobs))
     settings = {"seed": seed, "test_fraction": test_fraction, "types": list(types or DISTORTIONS), "levels": levels,
-                "views": views, "pairs": pairs, "splits": list(splits)}
+                "views": views, "variants": variants, "pairs": pairs, "splits": list(splits)}
     dataset = Dataset(
         name="synth",
         mappings={"quality": ScoreMapping.onto_task("quality", (WORST, BEST), quantity="pseudo opinion score")},
@@ -479,7 +486,8 @@ def readme(meta: dict) -> str:
         f"Settings: {json.dumps(settings)}. Images: {json.dumps(meta['counts'])}.", "",
         f"Train photos: {', '.join(meta['photos'][TRAIN])}.", f"Test photos: {', '.join(meta['photos'][TEST])}.",
         "Split by source photo (seeded shuffle), so no photo's content is in both splits; train images are "
-        "random crops (45-100% of the area, mirrored at random) of the train photos, test images the whole test photos.",
+        "random crops (25-100% of the area, aspect ratio changed by up to a third, mirrored at random) of the train "
+        "photos; test images the whole test photos.",
         "", "## Pseudo opinion score", "", f"`{meta['formula']}`: a clean image scores 5.00; the score falls strictly "
         "with every level of every type (until the clip at 1).", "",
         f"Photos with colourfulness below {MIN_COLOURFULNESS:g} (Hasler and Suesstrunk) get no saturation distortions.", "",
