@@ -30,7 +30,7 @@ def run_settings(args: argparse.Namespace) -> dict:
 
     device = args.device or default_device()
     return {
-        "model": _identity(args.model) if args.model else "default (tiny random model)",
+        "model": _identity(args.model) if args.model else "(the default model)",
         "adapter": _identity(args.adapter) if args.adapter else None,
         "task": args.task,
         "decimals": args.decimals,
