@@ -45,6 +45,9 @@ RECIPE = {"finetuning": "full", "learning_rate": 3e-4, "epochs": 4, "per_device_
           "gradient_accumulation_steps": 1, "lr_scheduler": "cosine", "warmup_ratio": 0.05, "weight_decay": 0.01,
           "ncm_loss_weight": 1.0, "gradient_checkpointing": False, "decimals": 2}
 CANNOT_JUDGE = [
+    "a precise score: on its held-out photos its ranking agrees only weakly with the pseudo scores (SRCC about 0.2, "
+    "see benchmarks/RESULTS.md), and its greedy answers are often malformed (e.g. '3.9 of this'); its NCM value "
+    "(the expected score from the digit probabilities) is the more useful output",
     "aesthetics, composition, lighting quality or subject matter: it never saw a label about them",
     "semantic content: what the photo shows, whether it is interesting, or whether it is appropriate",
     "defects finer than its input size (at most 28 x 28 x 64 pixels, e.g. 280 x 168 px for a 5:3 photo): slight blur, fine noise "
@@ -241,6 +244,7 @@ def write_card(folder: Path, synth_meta: dict, wall: dict, args) -> None:
     }
     card.save(folder)
     (folder / "train_config.json").unlink(missing_ok=True)  # its temporary paths are summarised in the card
+    (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle of the run's arguments: not shipped
 
 
 def main() -> None:

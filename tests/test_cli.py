@@ -90,11 +90,12 @@ def test_usage_errors_are_one_line_and_exit_2(format_model_dir, tmp_path, capsys
     assert "must end in .csv or .jsonl" in capsys.readouterr().err
 
 
-def test_default_model_is_built_and_announced(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("REALQA_CACHE", str(tmp_path / "cache"))
-    assert main(["score", str(EXAMPLE_PHOTOS[0]), "--quiet", *PIXEL_ARGS]) == 0
-    assert "tiny RANDOM test model" in capsys.readouterr().err
-    assert (tmp_path / "cache" / "tiny-random-qwen2-vl" / "config.json").is_file()
+def test_default_model_is_the_bundled_demo_model(tmp_path, capsys):
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", str(EXAMPLE_PHOTOS[0]), "--quiet", "--out", str(out)]) == 0
+    assert "bundled demo model" in capsys.readouterr().err
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["status"] == "ok" and 1.0 <= row["score"] <= 5.0
 
 
 def test_tiny_model_command(tmp_path, capsys):
@@ -152,3 +153,13 @@ def test_module_entry_point_runs(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "m" / "config.json").is_file()
+
+
+def test_quantize_is_refused_clearly_where_it_cannot_run(format_model_dir, capsys):
+    from realqa.model import quantization_options
+
+    args = ["score", str(EXAMPLE_PHOTOS[0]), "--model", str(format_model_dir), "--quiet", "--device", "cpu"]
+    assert main([*args, "--quantize", "8bit"]) == 2
+    assert "--quantize 8bit needs a CUDA device" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown quantization '3bit'"):
+        quantization_options("3bit", "cuda", None)

@@ -27,22 +27,15 @@ def _parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="score images, folders or manifests")
     score.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or manifests (.txt/.csv/.jsonl)")
-    score.add_argument("--model", help="model folder or hub id (default: a tiny random test model; see README)")
-    score.add_argument("--adapter", help="PEFT LoRA adapter folder")
     score.add_argument("--task", default="quality", help="task to score (default: quality)")
     score.add_argument("--decimals", type=int, help="decimals in the answer (default: the model card's)")
     score.add_argument("--attributes", action="store_true",
                        help="also ask every fine-grained attribute the model knows (one column each)")
     score.add_argument("--cot", action="store_true",
                        help="chain of thought: reason over the attributes, then give the score in <...>")
-    score.add_argument("--batch-size", type=int, default=8)
     score.add_argument("--out", help="write rows to FILE.csv or FILE.jsonl (one row per input, in input order), each as "
                        "it comes; rerunning the same command resumes a killed run")
     score.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
-    score.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
-    score.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
-    score.add_argument("--min-pixels", type=int, help="image processor lower pixel bound (default: the model card's, else 200704)")
-    score.add_argument("--max-pixels", type=int, help="image processor upper pixel bound (default: the model card's, else 401408)")
     score.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     score.set_defaults(run=_score)
 
@@ -61,12 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     trainer.add_argument("--decimals", type=int, help="target precision 0..3 (the paper's ablation); same as decimals=K")
     trainer.set_defaults(run=_train)
 
-    from .commands import (add_backend_arguments, add_commands as add_app_commands, add_throughput_arguments,
-                           add_video_arguments)
+    from .commands import (add_backend_arguments, add_commands as add_app_commands, add_scorer_arguments,
+                           add_throughput_arguments, add_video_arguments)
     from .data.commands import add_commands
 
     add_commands(commands)  # data list | prepare | export-llamafactory | import-llamafactory, and bench
     add_app_commands(commands)  # serve, report
+    add_scorer_arguments(score)
     add_throughput_arguments(score)
     add_backend_arguments(score)
     add_video_arguments(score)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from typing import Sequence
 from pathlib import Path
 
+from .model import QUANTIZE
 from .serve import MiB, ServeLimits
 
 
@@ -44,13 +45,15 @@ def add_commands(subparsers) -> None:
 
 
 def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model folder or hub id (default: a tiny random test model; see README)")
+    parser.add_argument("--model", help="model folder or hub id (default: the bundled demo model; see README)")
     parser.add_argument("--adapter", help="PEFT LoRA adapter folder")
     parser.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model batch")
-    parser.add_argument("--min-pixels", type=int, help="image processor lower pixel bound (default: the model card's)")
-    parser.add_argument("--max-pixels", type=int, help="image processor upper pixel bound (default: the model card's)")
+    parser.add_argument("--min-pixels", type=int, help="image processor lower pixel bound (default: the model card's, else 200704)")
+    parser.add_argument("--max-pixels", type=int, help="image processor upper pixel bound (default: the model card's, else 401408)")
+    parser.add_argument("--quantize", choices=QUANTIZE,
+                        help="load the weights in 8 or 4 bits with bitsandbytes (CUDA; for cards too small for bf16)")
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,19 +74,14 @@ def video_options(args: argparse.Namespace) -> dict:
     return {"mode": args.video_mode, "sampling": FrameSampling(frames=args.frames, fps=args.fps)}
 
 
-def cache_dir() -> Path:
-    """Where realqa keeps what it builds for itself (``$REALQA_CACHE``, default ~/.cache/realqa)."""
-    return Path(os.environ.get("REALQA_CACHE") or Path.home() / ".cache" / "realqa")
-
-
 def default_model() -> str:
-    """Until a trained default model ships, a tiny random model stands in, and says so."""
-    from .model import build_tiny_model
+    """The demo model bundled with the package (see ``realqa.models``); says which model scores."""
+    from .models import demo_model_path
 
-    folder = cache_dir() / "tiny-random-qwen2-vl"
-    if not (folder / "config.json").is_file():
-        build_tiny_model(folder)
-    print(f"note: no --model given; using the tiny RANDOM test model in {folder}: its scores are noise", file=sys.stderr)
+    folder = demo_model_path()
+    print(f"note: no --model given; using the bundled demo model ({folder.name}): it rates technical distortions "
+          "(blur, noise, JPEG, exposure, saturation, downscaling, tilt) only; pass --model for a RealQA checkpoint",
+          file=sys.stderr)
     return str(folder)
 
 
@@ -134,6 +132,7 @@ def load_scorer_from_args(args):
     if getattr(args, "workers", None) is not None:
         options["workers"] = args.workers
     scorer = load_scorer(args.model or default_model(), args.adapter, device=args.device, dtype=args.dtype,
+                         quantize=getattr(args, "quantize", None),
                          attention=getattr(args, "attention", "auto"), compile=getattr(args, "compile", False),
                          **options)
     if getattr(args, "workers", 0) is None:
@@ -172,3 +171,22 @@ def _report(args) -> int:
         ev = files.evaluation
         print(f"SRCC {ev.srcc:.4f}  PLCC {ev.plcc:.4f}  ({ev.n_evaluated} of {ev.n_total} labelled rows scored)")
     return 0
+
+
+def score_inputs(scorer, args, inputs: Sequence[str], frames, *, shown: bool, done: int = 0):
+    """The rows of ``inputs`` (images and videos, as the ``score`` options ask) in order, with a
+    progress bar on stderr when ``shown``."""
+    from tqdm import tqdm
+
+    from .video import iter_with_videos
+
+    progress = tqdm(total=done + len(inputs), initial=done, unit="input", disable=args.quiet or not shown or None,
+                    file=sys.stderr)
+    try:
+        for result in iter_with_videos(scorer, inputs, args.task, decimals=args.decimals, video=video_options(args),
+                                       on_video=frames.write if frames else None, cot=args.cot,
+                                       attributes=args.attributes):
+            progress.update()
+            yield result
+    finally:
+        progress.close()

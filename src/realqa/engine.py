@@ -412,6 +412,7 @@ def load_scorer(
     *,
     attention: str = "auto",
     compile: bool = False,
+    quantize: str | None = None,
     **scorer_options,
 ) -> Scorer:
     """Load a Qwen2-VL / Qwen2.5-VL checkpoint (folder or hub id), an optional LoRA adapter, and wrap it.
@@ -419,11 +420,12 @@ def load_scorer(
     ``attention``: ``"auto"`` is FlashAttention-2 where the ``flash_attn`` package is installed and the
     model runs on CUDA in 16 bits, else PyTorch's SDPA. ``compile=True`` compiles the language model
     with ``torch.compile`` (dynamic shapes; the first batches pay the compilation, minutes on a CPU).
+    ``quantize``: ``"8bit"`` / ``"4bit"`` weights through bitsandbytes (CUDA; see :func:`realqa.model.load_model`).
     ``scorer_options`` go to :class:`Scorer`:
     ``batch_size``, ``min_pixels``, ``max_pixels`` (default: the bounds in the model card, else
     RealQA's), ``max_image_pixels``, ``max_cot_tokens``, ``cot_form``, ``workers``, ``group_batches``.
     """
-    loaded = load_model(model, adapter, device=device, dtype=dtype)
+    loaded = load_model(model, adapter, device=device, dtype=dtype, quantize=quantize)
     set_attention(loaded, attention)
     if compile:
         compile_language_model(loaded)

@@ -144,17 +144,24 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     merge_adapter: bool = True,
+    quantize: str | None = None,
 ) -> ScoringModel:
     """Load a Qwen2-VL / Qwen2.5-VL checkpoint, an optional PEFT adapter, and their card.
 
     The adapter's card, when it has one, wins over the base model's: it describes what the
     fine-tuning taught. Without any card the default tasks of :mod:`realqa.tasks` are used.
+    ``quantize`` (``"8bit"`` or ``"4bit"``, CUDA only) loads the weights through bitsandbytes for
+    smaller cards; an adapter then stays unmerged (merging into quantized weights would round it away).
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
     model_id = str(model)
     device = str(device or default_device())
     torch_dtype = _resolve_dtype(dtype, device)
+    load_options = {"dtype": torch_dtype, "attn_implementation": "sdpa"}
+    if quantize is not None:
+        load_options.update(quantization_options(quantize, device, torch_dtype))
+        merge_adapter = False
 
     config = AutoConfig.from_pretrained(model_id)
     if config.model_type not in SUPPORTED_MODEL_TYPES:
@@ -164,7 +171,7 @@ def load_model(
         )
     tokenizer = AutoTokenizer.from_pretrained(model_id)
     image_processor = load_image_processor(model_id)
-    network = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch_dtype, attn_implementation="sdpa")
+    network = AutoModelForImageTextToText.from_pretrained(model_id, **load_options)
     card = read_card(model_id) if Path(model_id).is_dir() else None
     if adapter is not None:
         from peft import PeftModel
@@ -173,7 +180,9 @@ def load_model(
         if merge_adapter:
             network = network.merge_and_unload()  # plain weights: no adapter overhead per forward
         card = read_card(adapter) or card
-    network.to(device).eval()
+    if quantize is None:  # quantized weights are placed by device_map and cannot move
+        network.to(device)
+    network.eval()
     return ScoringModel(
         model=network,
         tokenizer=tokenizer,
@@ -182,6 +191,28 @@ def load_model(
         digit_ids=digit_token_ids(tokenizer),
         name=model_id if adapter is None else f"{model_id}+{adapter}",
     )
+
+
+QUANTIZE = ("8bit", "4bit")
+
+
+def quantization_options(quantize: str, device: str, compute_dtype: torch.dtype) -> dict:
+    """``from_pretrained`` options loading the weights in 8 or 4 bits with bitsandbytes (NF4 for 4 bits)."""
+    if quantize not in QUANTIZE:
+        raise ValueError(f"unknown quantization {quantize!r}; use one of {', '.join(QUANTIZE)}")
+    if not device.startswith("cuda"):
+        raise ValueError(f"--quantize {quantize} needs a CUDA device (bitsandbytes), not {device!r}")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"--quantize {quantize} needs the bitsandbytes package: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+    return {"quantization_config": config, "device_map": {"": device}}
 
 
 # ---------------------------------------------------------------- the tiny test model

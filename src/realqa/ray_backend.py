@@ -36,11 +36,11 @@ class ScoreActor:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        from .runs import _scored
+        from .commands import score_inputs
 
         paths = [str(p) for p in batch["path"]]
         rows = [json.dumps(r.to_row(), ensure_ascii=False)
-                for r in _scored(self.scorer, self.args, paths, None, shown=False)]
+                for r in score_inputs(self.scorer, self.args, paths, None, shown=False)]
         return {"index": np.asarray(batch["index"]), "row": np.array(rows, dtype=object)}
 
 

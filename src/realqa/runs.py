@@ -85,7 +85,7 @@ def _score_rows(args, remaining: list[str], done: list[ScoreResult], output: Res
     """Score ``remaining`` in this process, appending each row to ``output`` as it comes."""
     if not remaining:
         return []
-    from .commands import load_scorer_from_args
+    from .commands import load_scorer_from_args, score_inputs
     from .video import FrameWriter, is_video
 
     scorer = load_scorer_from_args(args)
@@ -95,7 +95,7 @@ def _score_rows(args, remaining: list[str], done: list[ScoreResult], output: Res
         frames = FrameWriter(_frames_file(output.path), keep=[r.path for r in done if is_video(r.path)])
     results = []
     try:
-        for result in _scored(scorer, args, remaining, frames, shown=True, done=len(done)):
+        for result in score_inputs(scorer, args, remaining, frames, shown=True, done=len(done)):
             results.append(result)
             if writer:
                 writer.write(result)
@@ -104,25 +104,6 @@ def _score_rows(args, remaining: list[str], done: list[ScoreResult], output: Res
             if file:
                 file.close()
     return results
-
-
-def _scored(scorer, args, inputs: Sequence[str], frames, *, shown: bool, done: int = 0):
-    """The rows of ``inputs`` in order, with a progress bar on stderr when ``shown``."""
-    from tqdm import tqdm
-
-    from .commands import video_options
-    from .video import iter_with_videos
-
-    progress = tqdm(total=done + len(inputs), initial=done, unit="input", disable=args.quiet or not shown or None,
-                    file=sys.stderr)
-    try:
-        for result in iter_with_videos(scorer, inputs, args.task, decimals=args.decimals, video=video_options(args),
-                                       on_video=frames.write if frames else None, cot=args.cot,
-                                       attributes=args.attributes):
-            progress.update()
-            yield result
-    finally:
-        progress.close()
 
 
 def _attribute_names(scorer, args) -> list[str]:
@@ -200,12 +181,12 @@ def score_distributed(args, inputs: Sequence[str], ranks: Ranks, *, log: Callabl
         if ranks.rank == 0 and any(is_video(inputs[i]) for i in remaining):
             log("note: a distributed run writes no per-frame side file for videos; each clip's row has its mean")
         if share:
-            from .commands import load_scorer_from_args
+            from .commands import load_scorer_from_args, score_inputs
 
             scorer = load_scorer_from_args(args)
             part = Path(args.out).with_name(f"{Path(args.out).name}.part-{ranks.rank}.jsonl")
             with open(part, "a", encoding="utf-8") as f:
-                rows = _scored(scorer, args, [inputs[i] for i in share], None, shown=ranks.rank == 0)
+                rows = score_inputs(scorer, args, [inputs[i] for i in share], None, shown=ranks.rank == 0)
                 for index, result in zip(share, rows):
                     f.write(json.dumps({"index": index, **result.to_row()}, ensure_ascii=False) + "\n")
                     f.flush()

@@ -1,0 +1,55 @@
+"""The bundled demo model: it loads through ``load_scorer``, its expected score (NCM) falls for the
+distortions it learned, and its card says what it is.
+
+Its greedy answers are often malformed (see the README: the model is small and briefly trained), so
+these tests hold it to what benchmarks/demo_model.py shows it does, not to what a RealQA checkpoint does.
+"""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter
+
+from conftest import EXAMPLE_PHOTOS
+from realqa.engine import load_scorer
+from realqa.model import read_card
+from realqa.models import demo_model_path
+
+DEMO = demo_model_path()  # the default model ships in the package: its absence is a failure
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return load_scorer(str(DEMO), device="cpu", batch_size=8)
+
+
+def test_demo_model_scores_the_example_photos(scorer):
+    results = scorer.score([str(p) for p in EXAMPLE_PHOTOS])
+    assert [r.path for r in results] == [str(p) for p in EXAMPLE_PHOTOS]
+    for r in results:
+        assert r.status == "ok", (r.path, r.text)
+        assert 1.0 <= r.score <= 5.0 and 1.0 <= r.ncm <= 5.0
+
+
+@pytest.mark.parametrize("distort", [lambda im: im.filter(ImageFilter.GaussianBlur(8)),
+                                     lambda im: ImageEnhance.Brightness(im).enhance(0.25)],
+                         ids=["heavy blur", "underexposed"])
+def test_demo_model_expects_a_lower_score_for_a_heavily_distorted_copy(scorer, distort):
+    photos = [Image.open(p).convert("RGB") for p in EXAMPLE_PHOTOS]
+    clean = scorer.score(photos)
+    distorted = scorer.score([distort(p) for p in photos])
+    for a, b in zip(clean, distorted):
+        assert b.ncm < a.ncm - 1.0, (a.path, a.ncm, b.ncm)
+
+
+def test_demo_model_card_says_what_it_was_trained_on_and_cannot_judge():
+    card = read_card(DEMO)
+    assert sorted(card.tasks) == ["clarity", "exposure", "quality", "saturation"]
+    assert card.tasks["quality"].decimals == 2
+    assert card.trained_on and "synth" in card.trained_on[0]
+    assert any("aesthetic" in line for line in card.extra["cannot_judge"])
+    assert any("semantic" in line for line in card.extra["cannot_judge"])
+    assert card.extra["held_out_photos"] and card.extra["reproduce"].startswith("python scripts/train_demo_model.py")
+    assert card.max_pixels < 200_704  # a small input keeps CPU scoring fast
+    size = sum(f.stat().st_size for f in DEMO.rglob("*") if f.is_file())
+    assert size < 20_000_000
