@@ -37,6 +37,7 @@ def run_settings(args: argparse.Namespace) -> dict:
         "attributes": bool(args.attributes),
         "cot": bool(args.cot),
         "dtype": str(_resolve_dtype(args.dtype, device)).removeprefix("torch."),
+        "quantize": getattr(args, "quantize", None),
         "min_pixels": args.min_pixels,
         "max_pixels": args.max_pixels,
         "video_mode": args.video_mode,
