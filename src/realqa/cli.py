@@ -98,8 +98,10 @@ def _score(args) -> int:
 
 
 def _print_ranking(results, attribute_names=()) -> None:
-    """Scored rows best first, then rows without a score (unparsed answers and errors)."""
-    scored = sorted((r for r in results if isinstance(r.score, (int, float))), key=lambda r: -r.score)
+    """Scored rows best first (equal scores by their NCM, the finer value), then rows without a score
+    (unparsed answers and errors)."""
+    scored = sorted((r for r in results if isinstance(r.score, (int, float))),
+                    key=lambda r: (-r.score, -(r.ncm if r.ncm is not None else float("-inf"))))
     rest = [r for r in results if not isinstance(r.score, (int, float))]
     width = min(60, max((len(r.path) for r in results), default=4))
     print(f"{'rank':>4}  {'score':>6}  {'ncm':>6}  {'path':<{width}}  " + "".join(f"{n[:12]:<13}" for n in attribute_names) + "note")
