@@ -27,7 +27,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from realqa.batching import ExampleBuilder  # noqa: E402
 from realqa.chat import question_messages  # noqa: E402
 from realqa.data.manifest import read_manifest  # noqa: E402
 from realqa.engine import load_scorer  # noqa: E402
@@ -130,11 +129,9 @@ def naive_scores(scorer, paths: list[str], task_name: str = "quality") -> list[f
     tokenizer = loaded.tokenizer
     prompt = tokenizer.apply_chat_template(question_messages(task), add_generation_prompt=True, tokenize=False)
     ids = tokenizer.encode(prompt, add_special_tokens=False)
-    builder = ExampleBuilder(loaded.image_processor, loaded.model.config.image_token_id,
-                             min_pixels=loaded.card.min_pixels, max_pixels=loaded.card.max_pixels)
     values = []
     for path in paths:
-        batch = scorer.collate([builder.build(path, path, ids)])
+        batch = scorer.collate([scorer.examples.build(path, path, ids)])  # the scorer's own preprocessing
         with torch.inference_mode():
             output = loaded.model.generate(**batch, max_new_tokens=32, do_sample=False, num_beams=1,
                                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)

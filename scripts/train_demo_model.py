@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from realqa.data.manifest import read_manifest, write_manifest  # noqa: E402
-from realqa.model import ModelCard, build_tiny_model, load_image_processor, read_card  # noqa: E402
+from realqa.model import build_tiny_model, read_card  # noqa: E402
 
 # The architecture and recipe of the shipped model (see the model card).
 ARCHITECTURE = {"hidden_size": 64, "layers": 2, "vision_width": 96, "vision_depth": 3, "vision_heads": 4}
@@ -73,7 +73,7 @@ def cache_at_model_size(manifest: Path, out: Path) -> Path:
     """
     import numpy as np
     from PIL import Image
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
     from realqa.media import load_image
 
@@ -89,7 +89,7 @@ def cache_at_model_size(manifest: Path, out: Path) -> Path:
     cached = type(dataset)(**{**dataset.__dict__, "samples": samples, "root": str(out.resolve())})
     cached.notes = dataset.notes + [f"images resized to the demo model's input ({MIN_PIXELS}..{MAX_PIXELS} pixels)"]
 
-    processor = load_image_processor_for_check()
+    processor = Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
     for sample in dataset.samples[:: max(1, len(dataset.samples) // 8)]:
         full = processor(images=[load_image(dataset.image_path(sample))], size=size, return_tensors="pt")
@@ -98,12 +98,6 @@ def cache_at_model_size(manifest: Path, out: Path) -> Path:
         if not np.array_equal(full["pixel_values"].numpy(), small["pixel_values"].numpy()):
             raise RuntimeError(f"{sample.id}: the cached image does not give the processor's pixels")
     return write_manifest(cached, out / manifest.name)
-
-
-def load_image_processor_for_check():
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    return Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
 
 
 def dct_basis(size: int):

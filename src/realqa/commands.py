@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Sequence
-from pathlib import Path
 
 from .model import QUANTIZE
 from .serve import MiB, ServeLimits

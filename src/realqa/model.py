@@ -250,7 +250,7 @@ def _tiny_corpus() -> list[str]:
 
 def build_tiny_tokenizer(vocab_size: int = 512):
     """A byte-level BPE tokenizer with Qwen2's pre-tokenizer (every digit its own token)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
 
     bpe = Tokenizer(models.BPE())
