@@ -55,7 +55,8 @@ def test_split(card, photos: str, work: Path, synth: str | None):
     folder = work / "synth-test"
     _, paths = synthesize(photos, folder, seed=settings["seed"], test_fraction=settings["test_fraction"],
                           types=settings["types"], levels=settings["levels"], views=settings["views"],
-                          variants=settings.get("variants", 0), pairs=settings["pairs"], splits=["test"])
+                          variants=settings.get("variants", 0), pairs=settings["pairs"],
+                          max_pixels=settings.get("max_pixels"), splits=["test"])
     dataset = read_manifest(paths["test"])
     expected = card.extra.get("held_out_photos")
     found = sorted({s.info["photo"] for s in dataset.samples})
@@ -183,7 +184,7 @@ def print_throughput(t: dict, batch_size: int, threads: int) -> None:
 def ablation(model_dir: Path, dataset, work: Path, seed: int) -> list[dict]:
     """The demo recipe at 0 and 1 decimals (trained now unless present in WORK/ablation) vs the bundled model."""
     script = training_script()
-    train_manifest = work / "cache" / "train.jsonl"
+    train_manifest = work / "synth" / "train.jsonl"
     if not train_manifest.is_file():
         raise SystemExit(f"{train_manifest} is missing: run scripts/train_demo_model.py --work {work} first")
     rows = []

@@ -2,9 +2,9 @@
 
     OMP_NUM_THREADS=1 python scripts/train_demo_model.py --photos ../shared/data/photos [--seed 0]
 
-Steps (each timed): ``realqa data synth`` on the photos (seeded split by photo) -> the train split
-cached at the model's input size (pixel-identical to what the image processor makes of the full-size
-images; checked) -> a small Qwen2-VL-architecture model (``build_tiny_model``) with the structured
+Steps (each timed): ``realqa data synth`` on the photos (seeded split by photo), every view shrunk to
+the model's pixel budget before it is distorted, so the model sees each distortion pixel for pixel
+(its processor leaves such images as they are) -> a small Qwen2-VL-architecture model (``build_tiny_model``) with the structured
 initialisation below -> full training from scratch with ``realqa.train`` on the quality question plus
 the exposure, clarity and saturation attributes -> the model folder, with a card saying what it was
 trained on and what it cannot judge, copied to ``src/realqa/models/demo``. The test split is not
@@ -32,13 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from realqa.data.manifest import read_manifest, write_manifest  # noqa: E402
 from realqa.model import build_tiny_model, read_card  # noqa: E402
 
 # The architecture and recipe of the shipped model (see the model card).
 ARCHITECTURE = {"hidden_size": 64, "layers": 2, "vision_width": 96, "vision_depth": 3, "vision_heads": 4}
 DETAIL_CHANNELS = 44  # luma DCT filters in the patch embedding (the rest: 3 colour means, their magnitudes)
-TOKENS = 64  # most visual tokens per image (after the 2x2 merge): 28 x 28 x 64 pixels, e.g. 280 x 168
+TOKENS = 100  # most visual tokens per image (after the 2x2 merge): 28 x 28 x 100 pixels, e.g. 336 x 224
 MIN_PIXELS, MAX_PIXELS = 28 * 28 * 32, 28 * 28 * TOKENS
 ATTRIBUTES = {"exposure": 0.2, "clarity": 0.2, "saturation": 0.2}  # attribute questions trained, with weights
 RECIPE = {"finetuning": "full", "learning_rate": 3e-4, "epochs": 4, "per_device_batch_size": 16,
@@ -63,41 +62,6 @@ def stage(name: str, started: float) -> float:
     now = time.time()
     print(f"[{now - started:7.1f} s] {name}", flush=True)
     return now
-
-
-def cache_at_model_size(manifest: Path, out: Path) -> Path:
-    """The manifest's images resized once, as the image processor resizes them, stored losslessly.
-
-    Training then skips decoding full-size JPEGs at every step; the processor sees the same pixels
-    (its own resize leaves an image that already has its target size alone), which is checked here.
-    """
-    import numpy as np
-    from PIL import Image
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
-
-    from realqa.media import load_image
-
-    dataset = read_manifest(manifest)
-    samples = []
-    for sample in dataset.samples:
-        image = load_image(dataset.image_path(sample))
-        height, width = smart_resize(image.height, image.width, 28, MIN_PIXELS, MAX_PIXELS)
-        relative = str(Path(sample.image).with_suffix(".png"))
-        (out / relative).parent.mkdir(parents=True, exist_ok=True)
-        image.resize((width, height), Image.BICUBIC).save(out / relative, compress_level=1)
-        samples.append(type(sample)(**{**sample.to_dict(), "image": relative}))
-    cached = type(dataset)(**{**dataset.__dict__, "samples": samples, "root": str(out.resolve())})
-    cached.notes = dataset.notes + [f"images resized to the demo model's input ({MIN_PIXELS}..{MAX_PIXELS} pixels)"]
-
-    processor = Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
-    for sample in dataset.samples[:: max(1, len(dataset.samples) // 8)]:
-        full = processor(images=[load_image(dataset.image_path(sample))], size=size, return_tensors="pt")
-        small = processor(images=[load_image(out / Path(sample.image).with_suffix(".png"))], size=size,
-                          return_tensors="pt")
-        if not np.array_equal(full["pixel_values"].numpy(), small["pixel_values"].numpy()):
-            raise RuntimeError(f"{sample.id}: the cached image does not give the processor's pixels")
-    return write_manifest(cached, out / manifest.name)
 
 
 def dct_basis(size: int):
@@ -189,7 +153,7 @@ def build_base(folder: Path, seed: int) -> Path:
 
 
 def train_model(work: Path, train_manifest: Path, output: Path, *, seed: int, overrides=()):
-    """The demo recipe from a fresh base: quality plus the attribute questions, on the cached train split."""
+    """The demo recipe from a fresh base: quality plus the attribute questions, on the synthetic train split."""
     from realqa.train import load_config, train
 
     base = build_base(work / "bases" / f"{output.name}-seed{seed}", seed)  # one per run: runs may overlap
@@ -265,22 +229,17 @@ def main() -> None:
     work = Path(args.work)
     started = last = time.time()
     wall = {}
-    settings = {"seed": args.seed, "levels": args.levels, "views": args.views, "variants": args.variants}
+    settings = {"seed": args.seed, "levels": args.levels, "views": args.views, "variants": args.variants,
+                "max_pixels": MAX_PIXELS}
     synth_meta = work / "synth" / "synth.json"
     done = synth_meta.is_file() and all(json.loads(synth_meta.read_text())["settings"].get(k) == v
                                         for k, v in settings.items())
     if not done:  # a rerun in the same work folder reuses the set (same settings, same images)
         shutil.rmtree(work / "synth", ignore_errors=True)
-        shutil.rmtree(work / "cache", ignore_errors=True)
         synthesize(args.photos, work / "synth", workers=args.workers, **settings)
     wall["synth"] = "reused" if done else round(time.time() - last, 1)
     last = stage(f"synthetic set in {work / 'synth'}{' (reused)' if done else ''}", started)
-    train_manifest = work / "cache" / "train.jsonl"
-    cached = train_manifest.is_file()
-    if not cached:
-        train_manifest = cache_at_model_size(work / "synth" / "train.jsonl", work / "cache")
-    wall["cache"] = "reused" if cached else round(time.time() - last, 1)
-    last = stage(f"train split cached at the model's input size: {train_manifest}", started)
+    train_manifest = work / "synth" / "train.jsonl"
     output = work / "model"
     result = train_model(work, train_manifest, output, seed=args.seed, overrides=args.set)
     wall["train"] = round(time.time() - last, 1)

@@ -11,7 +11,7 @@ from PIL import Image
 from realqa.data.manifest import read_manifest
 from realqa.data.synth import (
     CLEAN_ATTRIBUTES, DISTORTIONS, Applied, Job, attribute_labels, colourfulness, plan, pseudo_score, render,
-    synthesize,
+    synthesize, working_size,
 )
 
 
@@ -166,3 +166,34 @@ def test_cli_synth(photos, tmp_path, capsys):
     assert code == 0
     assert "test.jsonl" in capsys.readouterr().out
     assert len(read_manifest(tmp_path / "s" / "test.jsonl")) == 2 * 3  # 2 photos x (clean + 2 levels)
+
+
+def test_working_size_shrinks_to_the_budget_on_the_28_px_grid_and_never_enlarges():
+    assert working_size(1024, 683, None) == (1024, 683)
+    assert working_size(1024, 683, 28 * 28 * 100) == (336, 224)  # what the processor makes of it
+    assert working_size(100, 60, 28 * 28 * 100) == (84, 56)  # small: only rounded down to the grid
+    for width, height in [(1024, 683), (683, 1024), (512, 512), (4000, 300)]:
+        w, h = working_size(width, height, 28 * 28 * 64)
+        assert w % 28 == 0 and h % 28 == 0 and w * h <= 28 * 28 * 64 and w <= width and h <= height
+    with pytest.raises(ValueError, match="max_pixels"):
+        plan([], max_pixels=100)
+
+
+def test_a_working_size_is_applied_before_the_distortions(photos, tmp_path):
+    budget = 28 * 28 * 12
+    dataset, paths = synthesize(photos, tmp_path / "small", seed=1, types=["noise", "gaussian_blur"], levels=2,
+                                views=2, max_pixels=budget)
+    test = read_manifest(paths["test"])
+    for sample in test.samples:
+        with Image.open(test.image_path(sample)) as image:
+            assert image.size == (112, 56)  # 160 x 112 photos shrunk onto the grid (as the processor would)
+        for d in sample.info["distortions"]:
+            if d["type"] == "gaussian_blur":  # spatial: given for the image's own long side
+                assert d["parameter"] == pytest.approx(DISTORTIONS["gaussian_blur"].parameter(d["severity"], 112), abs=1e-4)
+    # Noise of the stated strength in the stored image (not shrunk away afterwards).
+    clean = next(s for s in test.samples if not s.info["distortions"])
+    noisy = next(s for s in test.samples if s.info["distortions"] and s.info["distortions"][0]["type"] == "noise"
+                 and s.info["distortions"][0]["level"] == 2 and s.info["photo"] == clean.info["photo"])
+    difference = (np.asarray(Image.open(test.image_path(noisy)), float) - np.asarray(Image.open(test.image_path(clean)), float))
+    assert difference.std() > 0.8 * DISTORTIONS["noise"].high
+    assert json.loads((tmp_path / "small" / "synth.json").read_text())["settings"]["max_pixels"] == budget

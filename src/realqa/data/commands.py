@@ -56,6 +56,11 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--levels", type=int, default=5, help="severity levels per type (default 5)")
     synth.add_argument("--views", type=int, default=4, help="random crops per training photo (default 4)")
     synth.add_argument("--pairs", type=int, default=0, help="extra images per view with two distortions (default 0)")
+    synth.add_argument("--variants", type=int, default=0,
+                       help="(type, level) draws per training view (default 0: the whole grid)")
+    synth.add_argument("--max-pixels", type=int,
+                       help="distort at a working size of at most this many pixels (sides multiples of 28); "
+                            "give the model's max_pixels so it sees the distortions pixel for pixel")
     synth.add_argument("--workers", type=int, default=1, help="processes writing images (default 1)")
     synth.set_defaults(run=_synth)
 
@@ -152,8 +157,8 @@ def _synth(args) -> int:
     from .synth import synthesize
 
     dataset, paths = synthesize(args.photos, args.out, seed=args.seed, test_fraction=args.test_fraction,
-                                types=args.types, levels=args.levels, views=args.views, pairs=args.pairs,
-                                workers=args.workers)
+                                types=args.types, levels=args.levels, views=args.views, variants=args.variants,
+                                pairs=args.pairs, max_pixels=args.max_pixels, workers=args.workers)
     for split, path in paths.items():
         photos = len({s.info["photo"] for s in dataset.samples if s.split == split})
         print(f"wrote {path} ({dataset.split_counts()[split]} images of {photos} photos)")

@@ -13,7 +13,14 @@ strongest, excess saturation leaves a 2.00, tilt and saturation loss 2.50 (a gre
 sharp photo is still legible).
 
 Spatial parameters (blur sigma, motion length) are in pixels of a 1024 px long side and scale with
-the image, so a distortion looks the same on any image size. The attribute labels are those the
+the image, so a distortion looks the same on any image size.
+
+``max_pixels`` sets a working size: each view is first shrunk (never enlarged) to at most that many
+pixels, its sides multiples of 28 (the Qwen2-VL grid: 14 px patches merged 2 x 2), and distorted at
+that size. A model whose processor has the same pixel budget then sees every image pixel for pixel,
+so noise grain, JPEG blocks and slight blur are as visible to it as the labels claim; distortions
+made at full size and shrunk by the processor would lose much of that (a 3x shrink divides noise by
+about 3 and hides a 3x downscale entirely). The attribute labels are those the
 applied distortions set, on top of the clean photo's ``clear / normal / normal / level``.
 
 The train split holds ``views`` random crops (25-100% of the area, mirrored at random) of each
@@ -50,6 +57,7 @@ from .splits import random_split
 
 BEST, WORST = 5.0, 1.0
 REFERENCE_SIDE = 1024  # spatial parameters are given for this long side
+GRID = 28  # working sizes are multiples of the Qwen2-VL grid (14 px patches merged 2 x 2)
 SLIGHT = 0.4  # severities up to this are "slight" in the attribute labels
 MIN_COLOURFULNESS = 15.0  # below it a photo gets no saturation distortions
 FORMULA = "quality = clip(5 - sum over the applied distortions of max_penalty[type] * level / levels, 1, 5)"
@@ -298,6 +306,7 @@ class Job:
     split: str
     applied: tuple[Applied, ...]
     seed: int
+    max_pixels: int | None = None
 
 
 def find_photos(folder: str | os.PathLike) -> list[Path]:
@@ -316,7 +325,7 @@ def split_photos(names: Sequence[str], test_fraction: float, seed: int) -> dict[
 
 
 def plan(photos: Sequence[Path], *, seed: int = 0, test_fraction: float = 0.25, types: Sequence[str] | None = None,
-         levels: int = 5, views: int = 4, variants: int = 0, pairs: int = 0,
+         levels: int = 5, views: int = 4, variants: int = 0, pairs: int = 0, max_pixels: int | None = None,
          splits: Sequence[str] = (TRAIN, TEST)) -> list[Job]:
     """Every image of the set: per view, the clean image, each type at each level (or, for training
     views with ``variants`` > 0, that many (type, level) draws from that grid), then ``pairs`` random
@@ -328,6 +337,8 @@ def plan(photos: Sequence[Path], *, seed: int = 0, test_fraction: float = 0.25, 
         raise ValueError(f"unknown distortion type(s) {', '.join(unknown)}; known: {', '.join(DISTORTIONS)}")
     if levels < 1 or views < 1 or pairs < 0 or variants < 0:
         raise ValueError("levels and views must be >= 1, variants and pairs >= 0")
+    if max_pixels is not None and max_pixels < GRID * GRID:
+        raise ValueError(f"max_pixels must be at least {GRID * GRID} (one {GRID} x {GRID} cell), got {max_pixels}")
     split_of = split_photos([p.stem for p in photos], test_fraction, seed)
     jobs = []
     for photo in photos:
@@ -354,7 +365,7 @@ def plan(photos: Sequence[Path], *, seed: int = 0, test_fraction: float = 0.25, 
                     tag = f"pair{number}_{tag}"
                 job_id = f"{photo.stem}_v{view}_{tag}"
                 jobs.append(Job(job_id, photo.stem, str(photo), view, split, applied,
-                                zlib.crc32(f"{seed}/{job_id}".encode())))
+                                zlib.crc32(f"{seed}/{job_id}".encode()), max_pixels))
     return jobs
 
 
@@ -372,12 +383,24 @@ def view_of(photo: Image.Image, view: int, rng: np.random.Generator) -> Image.Im
     return ImageOps.mirror(image) if rng.random() < 0.5 else image
 
 
+def working_size(width: int, height: int, max_pixels: int | None) -> tuple[int, int]:
+    """The size a view is distorted at: shrunk to at most ``max_pixels`` (never enlarged), sides
+    rounded down to multiples of 28 (at least 28); unchanged without ``max_pixels``."""
+    if max_pixels is None:
+        return width, height
+    scale = min(1.0, float(np.sqrt(max_pixels / (width * height))))
+    return (max(GRID, int(width * scale) // GRID * GRID), max(GRID, int(height * scale) // GRID * GRID))
+
+
 def render(job: Job) -> Image.Image:
-    """The image of a job: the view, then the distortions in table order."""
+    """The image of a job: the view at its working size, then the distortions in table order."""
     rng = np.random.default_rng(job.seed)
     with Image.open(job.source) as opened:
         photo = ImageOps.exif_transpose(opened).convert("RGB")
     image = view_of(photo, job.view, rng)
+    size = working_size(*image.size, job.max_pixels)
+    if size != image.size:
+        image = image.resize(size, Image.LANCZOS)
     if not job.applied:
         return image
     pixels = _to_pixels(image)
@@ -386,12 +409,13 @@ def render(job: Job) -> Image.Image:
     return _to_image(pixels)
 
 
-def _write(job: Job, out: Path) -> str:
+def _write(job: Job, out: Path) -> tuple[str, tuple[int, int]]:
     relative = f"images/{job.split}/{job.photo}/{job.id}.jpg"
     target = out / relative
     target.parent.mkdir(parents=True, exist_ok=True)
-    render(job).save(target, format="JPEG", **SAVE_OPTIONS)
-    return relative
+    image = render(job)
+    image.save(target, format="JPEG", **SAVE_OPTIONS)
+    return relative, image.size
 
 
 def _sample(job: Job, relative: str, size: tuple[int, int]) -> Sample:
@@ -406,7 +430,7 @@ def _sample(job: Job, relative: str, size: tuple[int, int]) -> Sample:
 
 def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, test_fraction: float = 0.25,
                types: Sequence[str] | None = None, levels: int = 5, views: int = 4, variants: int = 0,
-               pairs: int = 0, splits: Sequence[str] = (TRAIN, TEST), workers: int = 1,
+               pairs: int = 0, max_pixels: int | None = None, splits: Sequence[str] = (TRAIN, TEST), workers: int = 1,
                progress: Callable[[int, int], None] | None = None) -> tuple[Dataset, dict[str, Path]]:
     """Write the distorted images, ``train.jsonl``/``test.jsonl`` manifests, ``synth.json`` and a README.
 
@@ -414,21 +438,17 @@ def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: i
     """
     out = Path(out)
     photos = find_photos(photos_dir)
-    sizes = {}
-    for photo in photos:
-        with Image.open(photo) as opened:
-            sizes[photo.stem] = ImageOps.exif_transpose(opened).size
     jobs = plan(photos, seed=seed, test_fraction=test_fraction, types=types, levels=levels, views=views,
-                variants=variants, pairs=pairs, splits=splits)
+                variants=variants, pairs=pairs, max_pixels=max_pixels, splits=splits)
     out.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
     with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
-        for done, (job, relative) in enumerate(zip(jobs, pool.map(_write, jobs, [out] * len(jobs), chunksize=8)), 1):
-            samples.append(_sample(job, relative, sizes[job.photo]))
+        for done, (job, (relative, size)) in enumerate(zip(jobs, pool.map(_write, jobs, [out] * len(jobs), chunksize=8)), 1):
+            samples.append(_sample(job, relative, size))
             if progress:
                 progress(done, len(jobs))
     settings = {"seed": seed, "test_fraction": test_fraction, "types": list(types or DISTORTIONS), "levels": levels,
-                "views": views, "variants": variants, "pairs": pairs, "splits": list(splits)}
+                "views": views, "variants": variants, "pairs": pairs, "max_pixels": max_pixels, "splits": list(splits)}
     dataset = Dataset(
         name="synth",
         mappings={"quality": ScoreMapping.onto_task("quality", (WORST, BEST), quantity="pseudo opinion score")},
@@ -487,7 +507,9 @@ def readme(meta: dict) -> str:
         f"Train photos: {', '.join(meta['photos'][TRAIN])}.", f"Test photos: {', '.join(meta['photos'][TEST])}.",
         "Split by source photo (seeded shuffle), so no photo's content is in both splits; train images are "
         "random crops (25-100% of the area, aspect ratio changed by up to a third, mirrored at random) of the train "
-        "photos; test images the whole test photos.",
+        "photos; test images the whole test photos."
+        + (f" Every view was shrunk to at most {settings['max_pixels']} pixels (sides multiples of {GRID}) before "
+           "it was distorted." if settings.get("max_pixels") else ""),
         "", "## Pseudo opinion score", "", f"`{meta['formula']}`: a clean image scores 5.00; the score falls strictly "
         "with every level of every type (until the clip at 1).", "",
         f"Photos with colourfulness below {MIN_COLOURFULNESS:g} (Hasler and Suesstrunk) get no saturation distortions.", "",
