@@ -32,7 +32,7 @@ from realqa.data.manifest import read_manifest  # noqa: E402
 from realqa.engine import load_scorer  # noqa: E402
 from realqa.media import load_image  # noqa: E402
 from realqa.metrics import classification, evaluate  # noqa: E402
-from realqa.numeric import parse_score  # noqa: E402
+from realqa.numeric import PARSE_OUT_OF_RANGE, parse_score  # noqa: E402
 
 
 def training_script():
@@ -81,18 +81,19 @@ def agreement(results, labels) -> dict:
     greedy = evaluate([r.score for r in results], labels)
     ncm = evaluate([r.ncm for r in results], labels)
     return {"srcc": greedy.srcc, "plcc": greedy.plcc, "ncm_srcc": ncm.srcc, "ncm_plcc": ncm.plcc,
-            "failed": greedy.n_failed}
+            "failed": greedy.n_failed, "out_of_range": sum(r.status == PARSE_OUT_OF_RANGE for r in results)}
 
 
-AGREEMENT_HEADER = "SRCC greedy | PLCC greedy | SRCC NCM | PLCC NCM | unparsed"
+AGREEMENT_HEADER = "SRCC greedy | PLCC greedy | SRCC NCM | PLCC NCM | unparsed | greedy out of range"
 
 
 def agreement_cells(r: dict) -> str:
-    return f"{r['srcc']:.3f} | {r['plcc']:.3f} | {r['ncm_srcc']:.3f} | {r['ncm_plcc']:.3f} | {r['failed']}"
+    return (f"{r['srcc']:.3f} | {r['plcc']:.3f} | {r['ncm_srcc']:.3f} | {r['ncm_plcc']:.3f} | {r['failed']} | "
+            f"{r['out_of_range']}")
 
 
 def print_accuracy(rows: list[dict]) -> None:
-    print(f"| distortion type | images | {AGREEMENT_HEADER} |\n|---|---|---|---|---|---|---|")
+    print(f"| distortion type | images | {AGREEMENT_HEADER} |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['type']} | {r['images']} | {agreement_cells(r)} |")
 
@@ -206,7 +207,7 @@ def ablation(model_dir: Path, dataset, work: Path, seed: int) -> list[dict]:
 
 
 def print_ablation(rows: list[dict]) -> None:
-    print(f"| decimals | {AGREEMENT_HEADER} | train s |\n|---|---|---|---|---|---|---|")
+    print(f"| decimals | {AGREEMENT_HEADER} | train s |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['decimals']} | {agreement_cells(r)} | {r['train_s']:.0f} |")
 

@@ -44,13 +44,15 @@ RECIPE = {"finetuning": "full", "learning_rate": 3e-4, "epochs": 4, "per_device_
           "gradient_accumulation_steps": 1, "lr_scheduler": "cosine", "warmup_ratio": 0.05, "weight_decay": 0.01,
           "ncm_loss_weight": 1.0, "gradient_checkpointing": False, "decimals": 2}
 CANNOT_JUDGE = [
-    "a precise score: on its held-out photos its ranking agrees only weakly with the pseudo scores (SRCC about 0.2, "
-    "see benchmarks/RESULTS.md), and its greedy answers are often malformed (e.g. '3.9 of this'); its NCM value "
-    "(the expected score from the digit probabilities) is the more useful output",
+    "a precise score: on its held-out photos its ranking agrees only moderately with the pseudo scores (SRCC "
+    "about 0.35 greedy, 0.38 NCM, see benchmarks/RESULTS.md), clean photos get about 2.9 instead of 5, and about "
+    "half of its greedy answers fall outside 1-5 (e.g. '0.90'); its NCM value (the expected score from the digit "
+    "probabilities) is the more useful output",
+    "tilt, JPEG blocking and saturation loss: on held-out photos it ranks them no better than chance",
     "aesthetics, composition, lighting quality or subject matter: it never saw a label about them",
     "semantic content: what the photo shows, whether it is interesting, or whether it is appropriate",
-    "defects finer than its input size (at most 28 x 28 x 64 pixels, e.g. 280 x 168 px for a 5:3 photo): slight blur, fine noise "
-    "or mild JPEG artefacts visible only at full size",
+    f"defects finer than its input size (at most 28 x 28 x {TOKENS} pixels, e.g. 336 x 224 px for a 3:2 photo): "
+    "slight blur, fine noise or mild JPEG artefacts visible only at full size",
     "distortions outside its training set (e.g. lens flare, chromatic aberration, colour casts, vignetting, "
     "banding, watermarks, screenshots and graphics)",
     "photos that are meant to look dark, bright, grey or tilted: it treats every departure from a 'normal' "

@@ -1,7 +1,7 @@
 """The bundled demo model: it loads through ``load_scorer``, its expected score (NCM) falls for the
 distortions it learned, and its card says what it is.
 
-Its greedy answers are often malformed (see the README: the model is small and briefly trained), so
+Its greedy answers are often out of range (see the README: the model is small and briefly trained), so
 these tests hold it to what benchmarks/demo_model.py shows it does, not to what a RealQA checkpoint does.
 """
 
@@ -39,7 +39,8 @@ def test_demo_model_expects_a_lower_score_for_a_heavily_distorted_copy(scorer, d
     clean = scorer.score(photos)
     distorted = scorer.score([distort(p) for p in photos])
     for a, b in zip(clean, distorted):
-        assert b.ncm < a.ncm - 1.0, (a.path, a.ncm, b.ncm)
+        assert b.ncm < a.ncm - 0.75, (a.path, a.ncm, b.ncm)  # its NCM values span about 2 to 3.5
+    assert max(b.ncm for b in distorted) < min(a.ncm for a in clean) - 0.5  # every copy ranks below every photo
 
 
 def test_demo_model_card_says_what_it_was_trained_on_and_cannot_judge():
