@@ -78,9 +78,9 @@ def default_model() -> str:
     from .models import demo_model_path
 
     folder = demo_model_path()
-    print(f"note: no --model given; using the bundled demo model ({folder.name}): it rates technical distortions "
-          "(blur, noise, JPEG, exposure, saturation, downscaling, tilt) only; pass --model for a RealQA checkpoint",
-          file=sys.stderr)
+    print(f"note: no --model given; using the bundled demo model ({folder.name}): a small model trained on synthetic "
+          "technical distortions that ranks noise, blur, downscaling and exposure only roughly (see its card; its NCM "
+          "column is the more useful one); pass --model for a RealQA checkpoint", file=sys.stderr)
     return str(folder)
 
 
