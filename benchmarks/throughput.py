@@ -35,7 +35,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from realqa.batching import collate  # noqa: E402
 from realqa.chat import render_prompt  # noqa: E402
 from realqa.engine import Scorer, compile_language_model, load_scorer, set_attention  # noqa: E402
 from realqa.model import MAX_PIXELS, MIN_PIXELS, ModelCard, ScoringModel, build_tiny_model, build_tiny_tokenizer  # noqa: E402

@@ -4,7 +4,6 @@ import csv
 import json
 
 import numpy as np
-import pytest
 
 from conftest import SMALL_PIXELS
 from realqa.cli import main

@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from conftest import ROOT, SMALL_PIXELS
-from realqa import load_scorer
 from realqa.cli import main
 from realqa.data.manifest import read_manifest, write_manifest
 from realqa.train import AnswerEncoder, load_config, lora_targets, mix_sources, train, DataSource, TrainItem
