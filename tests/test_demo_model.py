@@ -52,5 +52,7 @@ def test_demo_model_card_says_what_it_was_trained_on_and_cannot_judge():
     assert any("semantic" in line for line in card.extra["cannot_judge"])
     assert card.extra["held_out_photos"] and card.extra["reproduce"].startswith("python scripts/train_demo_model.py")
     assert card.max_pixels < 200_704  # a small input keeps CPU scoring fast
+    # Its training images were distorted at its own input size (so the processor did not shrink them).
+    assert card.extra["synth_settings"]["max_pixels"] == card.max_pixels
     size = sum(f.stat().st_size for f in DEMO.rglob("*") if f.is_file())
     assert size < 20_000_000
