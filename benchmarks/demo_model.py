@@ -53,10 +53,8 @@ def test_split(card, photos: str, work: Path, synth: str | None):
 
     settings = card.extra["synth_settings"]
     folder = work / "synth-test"
-    _, paths = synthesize(photos, folder, seed=settings["seed"], test_fraction=settings["test_fraction"],
-                          types=settings["types"], levels=settings["levels"], views=settings["views"],
-                          variants=settings.get("variants", 0), pairs=settings["pairs"],
-                          max_pixels=settings.get("max_pixels"), splits=["test"])
+    # The card records synthesize()'s own settings: pass them all, so a new setting cannot be forgotten here.
+    _, paths = synthesize(photos, folder, **{**settings, "splits": ["test"]}, workers=2)
     dataset = read_manifest(paths["test"])
     expected = card.extra.get("held_out_photos")
     found = sorted({s.info["photo"] for s in dataset.samples})
