@@ -1,7 +1,7 @@
 """Benchmark of the bundled demo model: held-out accuracy per distortion type, the precision ablation,
 greedy score vs NCM expected value, and scoring throughput against a naive generate loop.
 
-    OMP_NUM_THREADS=1 python benchmarks/demo_model.py [--photos ../shared/data/photos] [--ablation]
+    OMP_NUM_THREADS=1 python benchmarks/demo_model.py [--photos ../shared/data/photos] [--ablation] [--references]
 
 1. Held-out accuracy: the synthetic test split (the held-out photos named in the model card,
    regenerated with the card's settings, or ``--synth DIR``) scored through ``load_scorer`` +
@@ -12,6 +12,9 @@ greedy score vs NCM expected value, and scoring throughput against a naive gener
    per image, from the bare question, until the end of the answer), on the same images in the same run.
 3. ``--ablation``: the training recipe rerun at 0 and 1 decimals (about as long as the demo model's
    own training, each), against the bundled 2-decimal model; uses ``--work`` of the training script.
+4. ``--references``: on the same held-out images, a classical baseline (image statistics + ridge,
+   trained on the model's own train split, also on fewer of its photos) and the SRCC ceiling of a
+   predictor blind to some distortion types (see ``classical_baseline.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import classical_baseline as baseline  # noqa: E402  (beside this script)
+import numpy as np  # noqa: E402
 from realqa.chat import question_messages  # noqa: E402
 from realqa.data.manifest import read_manifest  # noqa: E402
 from realqa.engine import load_scorer  # noqa: E402
@@ -45,33 +50,45 @@ def training_script():
 # ---------------------------------------------------------------- held-out accuracy
 
 
-def test_split(card, photos: str, work: Path, synth: str | None):
-    """The held-out manifest: given, or regenerated (test photos only) with the card's synth settings."""
+def synth_split(card, photos: str, work: Path, synth: str | None, split: str = "test"):
+    """A split of the model's synthetic set: from ``synth``, or regenerated (that split only) with the
+    card's synth settings; the photos are checked against the card's held-out photos."""
     if synth:
-        return read_manifest(Path(synth) / "test.jsonl")
+        return read_manifest(Path(synth) / f"{split}.jsonl")
     from realqa.data.synth import synthesize
 
     settings = card.extra["synth_settings"]
-    folder = work / "synth-test"
+    folder = work / f"synth-{split}"
     # The card records synthesize()'s own settings: pass them all, so a new setting cannot be forgotten here.
-    _, paths = synthesize(photos, folder, **{**settings, "splits": ["test"]}, workers=2)
-    dataset = read_manifest(paths["test"])
-    expected = card.extra.get("held_out_photos")
-    found = sorted({s.info["photo"] for s in dataset.samples})
-    if expected and found != sorted(expected):
-        raise SystemExit(f"the regenerated test photos {found} are not the card's held-out photos {expected}")
+    _, paths = synthesize(photos, folder, **{**settings, "splits": [split]}, workers=2)
+    dataset = read_manifest(paths[split])
+    held_out = set(card.extra.get("held_out_photos") or ())
+    found = {s.info["photo"] for s in dataset.samples}
+    if held_out and (found != held_out if split == "test" else found & held_out):
+        raise SystemExit(f"the regenerated {split} photos {sorted(found)} do not match the card's held-out "
+                         f"photos {sorted(held_out)}")
     return dataset
+
+
+def distortion_kinds(dataset) -> list[tuple[str, ...]]:
+    """Per image, the distortion types applied (empty for a clean image)."""
+    return [tuple(d["type"] for d in s.info["distortions"]) for s in dataset.samples]
+
+
+def type_groups(dataset) -> dict[str, list[int]]:
+    """Image indexes: "all", and per distortion type the clean images plus that type's images."""
+    kinds = distortion_kinds(dataset)
+    groups = {"all": list(range(len(kinds)))}
+    for name in dict.fromkeys(k[0] for k in kinds if len(k) == 1):
+        groups[name] = [i for i, k in enumerate(kinds) if k in ((), (name,))]
+    return groups
 
 
 def accuracy_rows(dataset, results) -> list[dict]:
     """Overall and per-type SRCC/PLCC of the greedy score and the NCM value."""
     labels = [s.scores["quality"] for s in dataset.samples]
-    kinds = [tuple(d["type"] for d in s.info["distortions"]) for s in dataset.samples]
-    groups = {"all": list(range(len(labels)))}
-    for name in dict.fromkeys(k[0] for k in kinds if len(k) == 1):
-        groups[name] = [i for i, k in enumerate(kinds) if k in ((), (name,))]
     return [{"type": name, "images": len(index), **agreement([results[i] for i in index], [labels[i] for i in index])}
-            for name, index in groups.items()]
+            for name, index in type_groups(dataset).items()]
 
 
 def agreement(results, labels) -> dict:
@@ -210,6 +227,55 @@ def print_ablation(rows: list[dict]) -> None:
         print(f"| {r['decimals']} | {agreement_cells(r)} | {r['train_s']:.0f} |")
 
 
+# ---------------------------------------------------------------- references
+
+
+BLIND_SETS = (("tilt",), ("tilt", "saturation_loss"), ("tilt", "saturation_loss", "saturation_excess"),
+              ("tilt", "saturation_loss", "saturation_excess", "jpeg"))
+CURVE_PHOTOS = (3, 6, 12, 18)  # training photos for the baseline's content curve
+
+
+def references(train, dataset, results, workers: int) -> dict:
+    """The classical baseline (trained on ``train``) and the blind-type ceilings on the held-out split."""
+    labels = [s.scores["quality"] for s in dataset.samples]
+    train_x = baseline.feature_matrix([str(train.image_path(s)) for s in train.samples], workers)
+    train_y = np.array([s.scores["quality"] for s in train.samples])
+    train_photos = [s.info["photo"] for s in train.samples]
+    test_x = baseline.feature_matrix([str(dataset.image_path(s)) for s in dataset.samples], workers)
+    predicted = list(baseline.fit_ridge(train_x, train_y, train_photos).predict(test_x))
+    per_type = {}
+    for name, index in type_groups(dataset).items():
+        model = agreement([results[i] for i in index], [labels[i] for i in index])
+        classical = evaluate([predicted[i] for i in index], [labels[i] for i in index])
+        per_type[name] = {"images": len(index), "model_ncm_srcc": model["ncm_srcc"], "model_srcc": model["srcc"],
+                          "baseline_srcc": classical.srcc, "baseline_plcc": classical.plcc}
+    curve = baseline.photo_curve(train_x, train_y, train_photos, test_x, np.array(labels),
+                                 [n for n in CURVE_PHOTOS if n < len(set(train_photos))] + [len(set(train_photos))])
+    kinds = distortion_kinds(dataset)
+    ceilings = [{"blind": list(blind), "srcc": baseline.blind_ceiling(labels, kinds, blind)} for blind in BLIND_SETS]
+    return {"train_images": len(train), "train_photos": len(set(train_photos)), "per_type": per_type,
+            "photo_curve": curve, "blind_ceilings": ceilings}
+
+
+def print_references(r: dict) -> None:
+    print(f"Classical baseline (image statistics + ridge, benchmarks/classical_baseline.py), trained on the same "
+          f"{r['train_images']} training images of {r['train_photos']} photos, vs the model, held-out SRCC:\n")
+    print("| distortion type | images | model (NCM) | model (greedy) | classical baseline | baseline PLCC |")
+    print("|---|---|---|---|---|---|")
+    for name, row in r["per_type"].items():
+        print(f"| {name} | {row['images']} | {row['model_ncm_srcc']:.3f} | {row['model_srcc']:.3f} | "
+              f"{row['baseline_srcc']:.3f} | {row['baseline_plcc']:.3f} |")
+    print("\nThe baseline trained on fewer photos (random draws of the training photos):\n")
+    print("| training photos | draws | held-out SRCC (mean) | each |\n|---|---|---|---|")
+    for row in r["photo_curve"]:
+        print(f"| {row['photos']} | {row['draws']} | {row['srcc']:.3f} | {', '.join(f'{v:.3f}' for v in row['srcc_each'])} |")
+    print("\nCeiling: a predictor exact on every held-out image except those of the types it is blind to "
+          "(scored as clean):\n")
+    print("| blind to | SRCC |\n|---|---|")
+    for row in r["blind_ceilings"]:
+        print(f"| {', '.join(row['blind'])} | {row['srcc']:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model folder (default: the bundled demo model)")
@@ -220,6 +286,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--ablation", action="store_true", help="also train and compare 0/1 decimals")
+    parser.add_argument("--references", action="store_true",
+                        help="also fit the classical baseline on the train split and print the blind-type ceilings")
     parser.add_argument("--json", help="write every figure to this JSON file too")
     args = parser.parse_args()
 
@@ -231,7 +299,7 @@ def main() -> None:
     model_dir = Path(args.model) if args.model else demo_model_path()
     scorer = load_scorer(str(model_dir), device="cpu", batch_size=16)
     work = Path(args.work)
-    dataset = test_split(scorer.loaded.card, args.photos, work, args.synth)
+    dataset = synth_split(scorer.loaded.card, args.photos, work, args.synth)
     photos = sorted({s.info["photo"] for s in dataset.samples})
     figures = {}
     print(f"model: {model_dir}\nheld-out: {len(dataset)} images of {len(photos)} photos ({', '.join(photos)})\n")
@@ -253,6 +321,11 @@ def main() -> None:
         print("\nPrecision ablation (same recipe, seed and data; held-out split):\n")
         figures["ablation"] = ablation(model_dir, dataset, work, scorer.loaded.card.extra["synth_settings"]["seed"])
         print_ablation(figures["ablation"])
+    if args.references:
+        print("\nReferences on the same held-out split:\n")
+        train = synth_split(scorer.loaded.card, args.photos, work, args.synth, "train")
+        figures["references"] = references(train, dataset, results, workers=2)
+        print_references(figures["references"])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
 
