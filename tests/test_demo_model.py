@@ -1,8 +1,8 @@
 """The bundled demo model: it loads through ``load_scorer``, its expected score (NCM) falls for the
 distortions it learned, and its card says what it is.
 
-Its greedy answers are often out of range (see the README: the model is small and briefly trained), so
-these tests hold it to what benchmarks/demo_model.py shows it does, not to what a RealQA checkpoint does.
+It ranks held-out photos only roughly (see the README: the model is small and briefly trained), so these
+tests hold it to what benchmarks/demo_model.py shows it does, not to what a RealQA checkpoint does.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def test_demo_model_expects_a_lower_score_for_a_heavily_distorted_copy(scorer, d
     clean = scorer.score(photos)
     distorted = scorer.score([distort(p) for p in photos])
     for a, b in zip(clean, distorted):
-        assert b.ncm < a.ncm - 0.75, (a.path, a.ncm, b.ncm)  # its NCM values span about 2 to 3.5
+        assert b.ncm < a.ncm - 0.75, (a.path, a.ncm, b.ncm)  # its NCM values span about 1.5 to 4
+        assert b.status == "ok" and b.score < a.score, (a.path, a.score, b.score)
     assert max(b.ncm for b in distorted) < min(a.ncm for a in clean) - 0.5  # every copy ranks below every photo
 
 
