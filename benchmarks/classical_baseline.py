@@ -11,7 +11,8 @@
    - gradient and Laplacian energies and gradient percentiles at both sizes (blur, downscaling);
    - Immerkaer's fast noise estimate (noise);
    - luma mean, spread, percentiles and clipped fractions (exposure);
-   - chroma means, spread and Hasler-Suesstrunk colourfulness (saturation);
+   - chroma mean, spread and 95th percentile, and the spread term of Hasler and Suesstrunk's
+     colourfulness (saturation);
    - the step across 8 px block boundaries relative to the average step (JPEG blocking);
    - the share of edge energy within 1.5 degrees of level or plumb, and between 1.5 and 14 (tilt).
 

@@ -235,25 +235,28 @@ BLIND_SETS = (("tilt",), ("tilt", "saturation_loss"), ("tilt", "saturation_loss"
 CURVE_PHOTOS = (3, 6, 12, 18)  # training photos for the baseline's content curve
 
 
-def references(train, dataset, results, workers: int) -> dict:
-    """The classical baseline (trained on ``train``) and the blind-type ceilings on the held-out split."""
+def references(train, dataset, held_out_rows: list[dict], workers: int) -> dict:
+    """The classical baseline (trained on ``train``) beside the model's ``held_out_rows`` (from
+    :func:`accuracy_rows`), and the blind-type ceilings on the held-out split."""
     labels = [s.scores["quality"] for s in dataset.samples]
     train_x = baseline.feature_matrix([str(train.image_path(s)) for s in train.samples], workers)
     train_y = np.array([s.scores["quality"] for s in train.samples])
     train_photos = [s.info["photo"] for s in train.samples]
+    photo_count = len(set(train_photos))
     test_x = baseline.feature_matrix([str(dataset.image_path(s)) for s in dataset.samples], workers)
     predicted = list(baseline.fit_ridge(train_x, train_y, train_photos).predict(test_x))
+    model_rows = {row["type"]: row for row in held_out_rows}
     per_type = {}
     for name, index in type_groups(dataset).items():
-        model = agreement([results[i] for i in index], [labels[i] for i in index])
         classical = evaluate([predicted[i] for i in index], [labels[i] for i in index])
-        per_type[name] = {"images": len(index), "model_ncm_srcc": model["ncm_srcc"], "model_srcc": model["srcc"],
-                          "baseline_srcc": classical.srcc, "baseline_plcc": classical.plcc}
+        per_type[name] = {"images": len(index), "model_ncm_srcc": model_rows[name]["ncm_srcc"],
+                          "model_srcc": model_rows[name]["srcc"], "baseline_srcc": classical.srcc,
+                          "baseline_plcc": classical.plcc}
     curve = baseline.photo_curve(train_x, train_y, train_photos, test_x, np.array(labels),
-                                 [n for n in CURVE_PHOTOS if n < len(set(train_photos))] + [len(set(train_photos))])
+                                 [n for n in CURVE_PHOTOS if n < photo_count] + [photo_count])
     kinds = distortion_kinds(dataset)
     ceilings = [{"blind": list(blind), "srcc": baseline.blind_ceiling(labels, kinds, blind)} for blind in BLIND_SETS]
-    return {"train_images": len(train), "train_photos": len(set(train_photos)), "per_type": per_type,
+    return {"train_images": len(train), "train_photos": photo_count, "per_type": per_type,
             "photo_curve": curve, "blind_ceilings": ceilings}
 
 
@@ -324,7 +327,7 @@ def main() -> None:
     if args.references:
         print("\nReferences on the same held-out split:\n")
         train = synth_split(scorer.loaded.card, args.photos, work, args.synth, "train")
-        figures["references"] = references(train, dataset, results, workers=2)
+        figures["references"] = references(train, dataset, figures["held_out"], workers=2)
         print_references(figures["references"])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
