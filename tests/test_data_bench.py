@@ -84,9 +84,11 @@ def test_the_test_split_is_scored_and_limit_applies(six_images, tmp_path):
     assert limited.rows[0].rows == 2
 
 
-def test_out_of_range_scores_are_counted_and_evaluated(six_images, tmp_path):
+def test_out_of_range_scores_are_counted_apart_and_never_evaluated(six_images, tmp_path):
     table = run_bench(StubScorer([1.0, 2.0, 3.0, 6.5, None, None]), [("six", six_images)], tmp_path / "b")
-    assert table.rows[0].out_of_range == 1 and table.rows[0].evaluated == 4
+    row = table.rows[0]
+    assert (row.out_of_range, row.evaluated, row.parse_failures, row.errors) == (1, 3, 1, 1)
+    assert row.official_rows == 4  # the authors' script reads 6.5 as a score: no range check there
 
 
 def test_a_dataset_without_test_split_needs_a_choice(six_images, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from realqa import data
 from realqa.data import DataError
+from realqa.data.llamafactory import record_path
 from realqa.tasks import DEFAULT_TASKS
 from test_data_support import cli, write_image, write_text
 
@@ -58,8 +59,10 @@ def test_export_relative_to_media_dir_and_with_other_decimals(two_task_dataset, 
 
 
 def test_round_trip_keeps_scores_at_the_written_precision(two_task_dataset, tmp_path):
+    """Without the export's record, an import knows only what the answers say."""
     out = tmp_path / "train.json"
     data.export_sharegpt(two_task_dataset, out, media_dir=tmp_path)
+    record_path(out).unlink()
     back = data.import_sharegpt(out, media_dir=tmp_path)
     assert back.tasks == ["quality", "aesthetics"] and back.split_counts() == {"train": 3}
     assert [s.image for s in back] == [s.image for s in two_task_dataset]
@@ -133,3 +136,69 @@ def test_export_and_import_commands(two_task_dataset, tmp_path, capsys):
     dataset = data.read_manifest(back)
     assert dataset.name == "mine" and len(dataset) == 3
     assert dataset.samples[0].image == str((tmp_path / "images" / "a.jpg").resolve())
+
+
+# ---------------------------------------------------------------- the export's record (<file>.realqa.json)
+
+
+@pytest.fixture
+def prepared_koniq(tmp_path):
+    """A KonIQ-like set prepared as usual: MOS on 0-100, a seeded random 60/40 split, images on disk."""
+    mos = {"a.jpg": 77.3836, "b.jpg": 12.5, "c.jpg": 50.0, "d.jpg": 3.14159, "e.jpg": 99.0}
+    labels = write_text(tmp_path / "labels.csv", "image,mos\n" + "".join(f"{k},{v}\n" for k, v in mos.items()))
+    for name in mos:
+        write_image(tmp_path / "images" / name)
+    dataset, paths = data.prepare("generic", tmp_path, tmp_path / "prepared", labels=labels, image_column="image",
+                                  score_columns="quality=mos", native_range="0,100", split="random",
+                                  ratios="0.6,0.4", seed=3)
+    return dataset, paths
+
+
+def _fields(dataset):
+    return [(s.id, s.scores, s.native, s.split, s.dataset) for s in dataset]
+
+
+def test_import_of_an_export_has_the_manifests_native_values_mappings_and_splits(prepared_koniq, tmp_path):
+    dataset, _ = prepared_koniq
+    assert dataset.split_counts() == {"train": 3, "test": 2}
+    out = tmp_path / "lf" / "koniq_all.json"
+    data.export_sharegpt(dataset, out, media_dir=tmp_path)
+    record = json.loads(record_path(out).read_text())
+    assert record["mappings"]["quality"]["native"] == [0.0, 100.0]
+    assert record["samples"][0] == {"image": "images/a.jpg", "id": "a", "dataset": dataset.name,
+                                    "split": dataset.samples[0].split, "native": {"quality": 77.3836},
+                                    "attributes": {}, "info": {}}
+    back = data.import_sharegpt(out, media_dir=tmp_path)
+    assert _fields(back) == _fields(dataset)  # exact: 77.3836 comes back, not the answer's 4.10
+    assert back.samples[0].native == {"quality": 77.3836} and back.samples[0].scores["quality"] == pytest.approx(4.095344)
+    assert back.mappings == dataset.mappings and back.split == dataset.split and back.name == dataset.name
+    assert back.to_native(4.0) == pytest.approx(75.0)
+    assert not back.report.problems
+
+
+def test_command_round_trip_prepare_export_import(prepared_koniq, tmp_path, capsys):
+    dataset, paths = prepared_koniq
+    original = data.read_manifest(paths["test"])
+    manifest = paths["test"]
+    out = tmp_path / "lf" / "koniq_test.json"
+    assert cli("data", "export-llamafactory", manifest, "--out", out) == 0
+    back_file = tmp_path / "back" / "test.jsonl"
+    assert cli("data", "import-llamafactory", out, "--out", back_file) == 0  # --split-name's default gives way
+    back = data.read_manifest(back_file)
+    assert _fields(back) == _fields(original) and back.split_counts() == {"test": 2}
+    assert back.mappings == original.mappings and back.split == original.split
+
+
+def test_export_record_is_not_used_for_a_changed_file_or_when_asked_not_to(prepared_koniq, tmp_path):
+    dataset, _ = prepared_koniq
+    out = tmp_path / "lf.json"
+    data.export_sharegpt(dataset, out, media_dir=tmp_path)
+    plain = data.import_sharegpt(out, media_dir=tmp_path, export_record="false")
+    assert plain.split_counts() == {"train": 5} and plain.samples[0].native == {"quality": 4.10}
+    assert plain.mappings["quality"].native == (1.0, 5.0) and plain.name == "lf"
+    records = json.loads(out.read_text())
+    records[0]["messages"][1]["content"] = "The quality score of this image is 4.20."
+    out.write_text(json.dumps(records))
+    changed = data.import_sharegpt(out, media_dir=tmp_path)
+    assert changed.samples[0].native == {"quality": 4.20} and changed.split_counts() == {"train": 5}
+    assert any("lf.json changed since the export that wrote lf.json.realqa.json" in note for note in changed.notes)

@@ -13,6 +13,7 @@ import torch
 
 from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError, load_image
 from .model import MAX_PIXELS, MIN_PIXELS
+from .preprocessing import DEFAULT_PROFILE, profile
 
 IGNORE_INDEX = -100  # label value the loss skips (prompt and padding positions)
 
@@ -31,8 +32,9 @@ class Example:
 class ExampleBuilder:
     """Turns (image, token ids with one image placeholder) into an :class:`Example`.
 
-    The image goes through the checkpoint's own image processor with the given pixel bounds; the
-    single image placeholder token is repeated once per visual token the image produces.
+    The decoded image is prepared by the model's preprocessing profile (:mod:`realqa.preprocessing`),
+    then goes through the checkpoint's own image processor with the given pixel bounds; the single
+    image placeholder token is repeated once per visual token the image produces.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class ExampleBuilder:
         min_pixels: int = MIN_PIXELS,
         max_pixels: int = MAX_PIXELS,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        preprocessing: str = DEFAULT_PROFILE,
     ):
         if not 0 < min_pixels <= max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels} and {max_pixels}")
@@ -50,11 +53,12 @@ class ExampleBuilder:
         self.image_token_id = image_token_id
         self.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
         self.max_image_pixels = max_image_pixels
+        self.profile = profile(preprocessing)
         self.merge = getattr(image_processor, "merge_size", 2)
 
     def build(self, image, label: str, input_ids: Sequence[int], labels: Sequence[int] | None = None) -> Example:
         """Raises :class:`MediaError` naming ``label`` when the image cannot be used."""
-        picture = load_image(image, max_pixels=self.max_image_pixels, label=label)
+        picture = load_image(image, max_pixels=self.max_image_pixels, label=label, prepare=self.profile.prepare)
         try:
             features = self.image_processor(images=[picture], size=self.size, return_tensors="pt")
         except ValueError as err:  # e.g. an aspect ratio beyond what the processor accepts

@@ -17,12 +17,21 @@ from typing import Callable, Mapping, Sequence
 from .tasks import Task
 
 IMAGE_PLACEHOLDER = {"type": "image"}
+IMAGE_TAG = "<image>"  # LLaMA-Factory's placeholder: where a conversation file puts the image
 
 
 def question_messages(task: Task, *, cot: bool = False, attributes: Sequence[Task] = ()) -> list[dict]:
-    """The user turn: the image, then the question (the CoT question when ``cot``)."""
+    """The user turn (after the task's system turn, if it has one): the image, then the question
+    (the CoT question when ``cot``). A question holding one ``<image>`` tag gets the image at the
+    tag, as LLaMA-Factory renders it, so a conversation file's question is asked verbatim."""
     text = task.question_text(cot=cot, attributes=attributes)
-    return [{"role": "user", "content": [IMAGE_PLACEHOLDER, {"type": "text", "text": text}]}]
+    before, tag, after = text.partition(IMAGE_TAG)
+    if not tag:
+        before, after = "", text
+    parts = [{"type": "text", "text": before}] if before else []
+    parts += [IMAGE_PLACEHOLDER] + ([{"type": "text", "text": after}] if after else [])
+    system = [{"role": "system", "content": [{"type": "text", "text": task.system}]}] if task.system else []
+    return system + [{"role": "user", "content": parts}]
 
 
 def render_prompt(tokenizer, task: Task, *, cot: bool = False, attributes: Sequence[Task] = ()) -> str:

@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from .model import QUANTIZE
+from .preprocessing import PROFILES
 from .serve import MiB, ServeLimits
 
 
@@ -53,6 +54,11 @@ def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, help="image processor upper pixel bound (default: the model card's, else 401408)")
     parser.add_argument("--quantize", choices=QUANTIZE,
                         help="load the weights in 8 or 4 bits with bitsandbytes (CUDA; for cards too small for bf16)")
+    parser.add_argument("--preprocessing", choices=sorted(PROFILES),
+                        help="image pipeline before the image processor (default: the model card's; llamafactory for "
+                             "a checkpoint without a realqa card, as the official RealQA models were trained)")
+    parser.add_argument("--card", help="a realqa_card.json to use instead of the checkpoint's own (questions, ranges, "
+                                       "preprocessing); `realqa data card` writes one from conversation files")
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,8 +136,11 @@ def load_scorer_from_args(args):
         options["group_batches"] = args.group_batches
     if getattr(args, "workers", None) is not None:
         options["workers"] = args.workers
+    if args.preprocessing:
+        options["preprocessing"] = args.preprocessing
     scorer = load_scorer(args.model or default_model(), args.adapter, device=args.device, dtype=args.dtype,
-                         quantize=getattr(args, "quantize", None),
+                         quantize=getattr(args, "quantize", None), card=getattr(args, "card", None),
+                         own_questions=bool(getattr(args, "conversations", None)),
                          attention=getattr(args, "attention", "auto"), compile=getattr(args, "compile", False),
                          **options)
     if getattr(args, "workers", 0) is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -30,7 +31,7 @@ import torch
 from .batching import Example, ExampleBuilder, accepts_token_types, collate
 from .chat import DEFAULT_COT_FORM, read_cot_attributes, render_prompt
 from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError
-from .model import ScoringModel, load_model
+from .model import ScoringModel, load_model, uncarded_note
 from .prefetch import prepare_examples
 from .numeric import PARSE_NO_SCORE, digit_expectation
 from .results import ScoreResult
@@ -69,6 +70,7 @@ class Scorer:
         cot_form: str | None = None,
         workers: int = 0,
         group_batches: int = 4,
+        preprocessing: str | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -88,6 +90,7 @@ class Scorer:
             min_pixels=min_pixels or loaded.card.min_pixels,
             max_pixels=max_pixels or loaded.card.max_pixels,
             max_image_pixels=max_image_pixels,
+            preprocessing=preprocessing or loaded.card.preprocessing,
         )
         tokenizer = loaded.tokenizer
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -413,6 +416,8 @@ def load_scorer(
     attention: str = "auto",
     compile: bool = False,
     quantize: str | None = None,
+    card: str | None = None,
+    own_questions: bool = False,
     **scorer_options,
 ) -> Scorer:
     """Load a Qwen2-VL / Qwen2.5-VL checkpoint (folder or hub id), an optional LoRA adapter, and wrap it.
@@ -421,11 +426,16 @@ def load_scorer(
     model runs on CUDA in 16 bits, else PyTorch's SDPA. ``compile=True`` compiles the language model
     with ``torch.compile`` (dynamic shapes; the first batches pay the compilation, minutes on a CPU).
     ``quantize``: ``"8bit"`` / ``"4bit"`` weights through bitsandbytes (CUDA; see :func:`realqa.model.load_model`).
+    ``card``: a ``realqa_card.json`` (or its folder) to follow instead of the checkpoint's own. A checkpoint
+    without any card is told on stderr what is assumed (``own_questions``: the inputs bring their questions).
     ``scorer_options`` go to :class:`Scorer`:
     ``batch_size``, ``min_pixels``, ``max_pixels`` (default: the bounds in the model card, else
-    RealQA's), ``max_image_pixels``, ``max_cot_tokens``, ``cot_form``, ``workers``, ``group_batches``.
+    RealQA's), ``max_image_pixels``, ``max_cot_tokens``, ``cot_form``, ``workers``, ``group_batches``,
+    ``preprocessing`` (default: the card's profile, see :mod:`realqa.preprocessing`).
     """
-    loaded = load_model(model, adapter, device=device, dtype=dtype, quantize=quantize)
+    loaded = load_model(model, adapter, device=device, dtype=dtype, quantize=quantize, card=card)
+    if loaded.card_source is None:  # a library warning alone must not be the only sign: stderr, once per load
+        print(uncarded_note(loaded.name, own_questions=own_questions), file=sys.stderr)
     set_attention(loaded, attention)
     if compile:
         compile_language_model(loaded)

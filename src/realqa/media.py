@@ -15,7 +15,7 @@ import json
 import os
 import stat
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,6 +26,8 @@ __all__ = [
     "MediaError",
     "collect_inputs",
     "load_image",
+    "realqa_rgb",
+    "to_rgb",
 ]
 
 DEFAULT_MAX_IMAGE_PIXELS: int = 64_000_000  # decompression-bomb guard (about 8000x8000)
@@ -63,18 +65,22 @@ def load_image(
     *,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     label: str | None = None,
+    prepare: Callable[[Image.Image], Image.Image] | None = None,
 ) -> Image.Image:
     """Return ``source`` as a fully decoded 8-bit RGB image, or raise ``MediaError``.
 
     The first frame of multi-frame files is used, EXIF orientation is applied
-    and alpha is composited over white. Images with more than ``max_pixels``
+    and alpha is composited over white (:func:`realqa_rgb`). ``prepare`` replaces
+    that last step: a model trained with another pipeline gets its own
+    (:mod:`realqa.preprocessing`); it runs while the file is still open. Images with more than ``max_pixels``
     pixels are rejected from their header, before decoding; PIL's own
     process-wide ``Image.MAX_IMAGE_PIXELS`` guard also stays in force. A PIL
     image is not mutated (its current frame is used). Errors are named by
     ``label``, else by the path as given, else ``"<image>"``.
     """
+    prepare = prepare or realqa_rgb
     if isinstance(source, Image.Image):
-        return _prepare(source, label or "<image>", max_pixels)
+        return _prepare(source, label or "<image>", max_pixels, prepare)
     name = label or os.fsdecode(source)
     _check_file(source, name)
     try:
@@ -84,7 +90,7 @@ def load_image(
     with fp:
         with _pil_errors(name):
             img = Image.open(fp)
-        return _prepare(img, name, max_pixels)
+        return _prepare(img, name, max_pixels, prepare)
 
 
 def _check_file(path: str | os.PathLike, name: str) -> None:
@@ -122,7 +128,7 @@ def _pil_errors(name: str) -> Iterator[None]:
             raise MediaError(name, f"image data is truncated or corrupt ({err})") from err
 
 
-def _prepare(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
+def _prepare(img: Image.Image, name: str, max_pixels: int, prepare: Callable[[Image.Image], Image.Image]) -> Image.Image:
     width, height = img.size  # known from the header, nothing decoded yet
     if width * height > max_pixels:
         raise MediaError(
@@ -132,10 +138,15 @@ def _prepare(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
         )
     with _pil_errors(name):
         img.load()  # decode everything now so truncation is reported here
-        return _to_rgb(ImageOps.exif_transpose(img))
+        return prepare(img)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def realqa_rgb(img: Image.Image) -> Image.Image:
+    """realqa's own preprocessing: EXIF orientation applied, then :func:`to_rgb`."""
+    return to_rgb(ImageOps.exif_transpose(img))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB (``img`` is never modified)."""
     if img.mode.startswith("I") or img.mode == "F":
         return _high_depth_to_l(img).convert("RGB")

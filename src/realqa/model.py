@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import check_loading_info, hub_file, hub_options, load_adapter
 from .numeric import digit_token_ids
+from .preprocessing import DEFAULT_PROFILE, UNCARDED_PROFILE, profile
 from .tasks import DEFAULT_TASKS, Task
 
 CARD_FILE = "realqa_card.json"
@@ -37,7 +39,12 @@ class ModelCard:
     # The fine-grained attribute tasks (names in ``tasks``) and the chain-of-thought form trained.
     attributes: list[str] = field(default_factory=list)
     cot_form: str | None = None
+    # The image pipeline before the image processor (realqa.preprocessing): realqa trains with its own.
+    preprocessing: str = DEFAULT_PROFILE
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        profile(self.preprocessing)  # an unknown profile fails here, naming the known ones
 
     def to_dict(self) -> dict:
         return {
@@ -48,6 +55,7 @@ class ModelCard:
             "max_pixels": self.max_pixels,
             "attributes": self.attributes,
             "cot_form": self.cot_form,
+            "preprocessing": self.preprocessing,
             **self.extra,
         }
 
@@ -63,24 +71,72 @@ class ModelCard:
             max_pixels=int(data.pop("max_pixels", MAX_PIXELS)),
             attributes=list(data.pop("attributes", [])),
             cot_form=data.pop("cot_form", None),
+            # Cards written before profiles existed come from realqa's own training.
+            preprocessing=data.pop("preprocessing", DEFAULT_PROFILE),
             extra=data,
         )
 
     def save(self, folder: str | Path) -> None:
-        Path(folder, CARD_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        self.save_to(Path(folder, CARD_FILE))
+
+    def save_to(self, file: str | Path) -> None:
+        Path(file).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
-def read_card(folder: str | Path | None) -> ModelCard | None:
-    """The card in a local folder, or None when the folder has none (hub ids are not searched)."""
-    if folder is None:
-        return None
-    path = Path(folder, CARD_FILE)
+def find_card(model: str | Path, adapter: str | Path | None = None,
+              card: str | Path | None = None) -> tuple[ModelCard, str | None]:
+    """The card scoring follows and where it was found: ``card`` (a file or folder) when given, else
+    the adapter's, else the base model's. Without any, the card of an uncarded checkpoint and None.
+
+    An uncarded checkpoint gets the ``llamafactory`` preprocessing profile (every official RealQA
+    checkpoint was trained that way) and realqa's default questions; :func:`load_model` says so.
+    """
+    if card is not None:
+        path = Path(card)
+        found = read_card(path) if path.is_dir() else _read_card_file(path)
+        if found is None:
+            raise ValueError(f"{card}: no {CARD_FILE} there")
+        return found, str(card)
+    for source in (adapter, model):
+        found = read_card(source)
+        if found is not None:
+            return found, str(source)
+    return ModelCard(preprocessing=UNCARDED_PROFILE, description="(no realqa card: defaults)"), None
+
+
+def uncarded_note(name: str, *, own_questions: bool = False) -> str:
+    """What scoring a checkpoint without a card means, and how to give it the trained question.
+    ``own_questions``: the inputs bring their questions (conversation files), so only the images are at stake."""
+    note = (f"note: {name} has no realqa card ({CARD_FILE}). Images go through the 'llamafactory' preprocessing "
+            "profile, as every official RealQA checkpoint was trained (--preprocessing realqa changes it).")
+    if own_questions:
+        return note + " Each example is asked its own question from the conversation file."
+    return note + (" The questions are realqa's defaults, which the official models were not trained with: write a "
+                   "card from the model's LLaMA-Factory conversation files (realqa data card koniq10k_test.json --out "
+                   "CARD_DIR) and pass --card CARD_DIR, or benchmark those files directly (realqa bench "
+                   "--conversations FILE ...), which asks each example's own question.")
+
+
+def _read_card_file(path: Path) -> ModelCard | None:
     if not path.is_file():
         return None
     try:
         return ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, ValueError, TypeError) as err:
         raise ValueError(f"{path}: invalid model card ({err})") from None
+
+
+def read_card(folder: str | Path | None) -> ModelCard | None:
+    """The card in a local folder or hub checkpoint (``owner/name[/sub/folder]``), or None when it has none.
+
+    A hub card is downloaded alone (one small file); offline with nothing cached it counts as absent.
+    """
+    if folder is None:
+        return None
+    path = Path(folder, CARD_FILE)
+    if not path.is_file():
+        path = None if Path(folder).exists() else hub_file(folder, CARD_FILE)
+    return None if path is None else _read_card_file(path)
 
 
 @dataclass
@@ -93,6 +149,7 @@ class ScoringModel:
     card: ModelCard
     digit_ids: list[int]
     name: str
+    card_source: str | None = None  # where the card was found; None: no card, defaults (see find_card)
 
     @property
     def device(self) -> torch.device:
@@ -134,7 +191,8 @@ def load_image_processor(model_id: str):
     """
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    return Qwen2VLImageProcessorPil.from_pretrained(model_id)
+    repo, hub = hub_options(model_id)  # owner/name/sub/folder: a subfolder of a hub repo
+    return Qwen2VLImageProcessorPil.from_pretrained(repo, **hub)
 
 
 def load_model(
@@ -145,11 +203,14 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     merge_adapter: bool = True,
     quantize: str | None = None,
+    card: str | Path | None = None,
 ) -> ScoringModel:
     """Load a Qwen2-VL / Qwen2.5-VL checkpoint, an optional PEFT adapter, and their card.
 
-    The adapter's card, when it has one, wins over the base model's: it describes what the
-    fine-tuning taught. Without any card the default tasks of :mod:`realqa.tasks` are used.
+    ``card`` (a ``realqa_card.json`` or its folder) replaces the checkpoint's own. Otherwise the
+    adapter's card, when it has one, wins over the base model's: it describes what the fine-tuning
+    taught. Without any card the default tasks of :mod:`realqa.tasks` are used with the
+    ``llamafactory`` preprocessing profile (:func:`find_card`); :func:`realqa.engine.load_scorer` says so.
     ``quantize`` (``"8bit"`` or ``"4bit"``, CUDA only) loads the weights through bitsandbytes for
     smaller cards; an adapter then stays unmerged (merging into quantized weights would round it away).
     """
@@ -163,23 +224,26 @@ def load_model(
         load_options.update(quantization_options(quantize, device, torch_dtype))
         merge_adapter = False
 
-    config = AutoConfig.from_pretrained(model_id)
+    repo, hub = hub_options(model_id)  # owner/name/sub/folder: a subfolder of a hub repo
+    config = AutoConfig.from_pretrained(repo, **hub)
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
             f"{model_id}: model type {config.model_type!r} is not supported; "
             f"expected one of {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
-    tokenizer = AutoTokenizer.from_pretrained(model_id)
+    tokenizer = AutoTokenizer.from_pretrained(repo, **hub)
     image_processor = load_image_processor(model_id)
-    network = AutoModelForImageTextToText.from_pretrained(model_id, **load_options)
-    card = read_card(model_id) if Path(model_id).is_dir() else None
+    # Every weight must load: transformers only logs missing ones and starts them from random values.
+    # (Quantized loads keep transformers' own refusal of wrong shapes.)
+    checked = {"output_loading_info": True, "ignore_mismatched_sizes": quantize is None}
+    network, loading_info = AutoModelForImageTextToText.from_pretrained(repo, **hub, **load_options, **checked)
+    check_loading_info(network, loading_info, model_id)
     if adapter is not None:
-        from peft import PeftModel
-
-        network = PeftModel.from_pretrained(network, str(adapter))
-        if merge_adapter:
-            network = network.merge_and_unload()  # plain weights: no adapter overhead per forward
-        card = read_card(adapter) or card
+        # Mapped onto this model's layout and verified (PeftModel.from_pretrained silently loads nothing
+        # from adapters saved under transformers 4.4x); merged for plain weights without per-forward overhead.
+        network = load_adapter(network, adapter, merge=merge_adapter)
+    name = model_id if adapter is None else f"{model_id}+{adapter}"
+    found, source = find_card(model_id, adapter, card)
     if quantize is None:  # quantized weights are placed by device_map and cannot move
         network.to(device)
     network.eval()
@@ -187,9 +251,10 @@ def load_model(
         model=network,
         tokenizer=tokenizer,
         image_processor=image_processor,
-        card=card or ModelCard(),
+        card=found,
         digit_ids=digit_token_ids(tokenizer),
-        name=model_id if adapter is None else f"{model_id}+{adapter}",
+        name=name,
+        card_source=source,
     )
 
 

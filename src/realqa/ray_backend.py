@@ -19,9 +19,9 @@ from .results import ResumableOutput, ScoreResult
 __all__ = ["ScoreActor", "score_with_ray"]
 
 # The ``realqa score`` options an actor needs to build its scorer and ask its questions.
-ACTOR_OPTIONS = ("model", "adapter", "device", "dtype", "batch_size", "min_pixels", "max_pixels", "workers",
-                 "group_batches", "attention", "compile", "task", "decimals", "attributes", "cot", "video_mode",
-                 "frames", "fps", "quiet")
+ACTOR_OPTIONS = ("model", "adapter", "card", "device", "dtype", "batch_size", "min_pixels", "max_pixels",
+                 "preprocessing", "quantize", "workers", "group_batches", "attention", "compile", "task", "decimals",
+                 "attributes", "cot", "video_mode", "frames", "fps", "quiet")
 
 
 class ScoreActor:

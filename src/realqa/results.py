@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Sequence
 
-from .numeric import ScoreFormat, parse_score
+from .numeric import PARSE_OK, PARSE_OUT_OF_RANGE, ScoreFormat, parse_score
+from .tasks import DEFAULT_TASKS
 
 STATUS_ERROR = "error"
 ROW_FIELDS = ("path", "task", "score", "ncm", "status", "text", "error")
@@ -266,57 +267,113 @@ class ResumableOutput:
 
 # ---------------------------------------------------------------- reading predictions for evaluation
 
+SOURCE_REALQA, SOURCE_LLAMAFACTORY = "realqa", "llamafactory"
+
 
 @dataclass(frozen=True)
 class Prediction:
-    """One evaluable row: the predicted value (None when it failed) and the label, if the file has one."""
+    """One evaluable row.
+
+    ``pred`` is the value evaluated: None when the answer held no score, the input failed, or the
+    value lies outside the task's range (``status`` ``out_of_range``; ``read`` keeps the number so it
+    can be reported, but it is never scored). ``text`` is the answer as the file keeps it (None when
+    the file keeps none) and ``label_text`` a LLaMA-Factory row's label answer, for the official
+    reading. LLaMA-Factory rows (``source``) carry no image: ``key`` is their 0-based row number.
+    """
 
     key: str
     pred: float | None
     label: float | None
     status: str
     attributes: dict = field(default_factory=dict)  # name -> predicted value (None when it failed)
+    attribute_status: dict = field(default_factory=dict)  # name -> its parse status
+    text: str | None = None
+    label_text: str | None = None
+    read: float | None = None
+    source: str = SOURCE_REALQA
 
 
-def read_predictions(path: str | Path, *, fmt: ScoreFormat | None = None, field: str = "score") -> list[Prediction]:
+def read_predictions(path: str | Path, *, fmt: ScoreFormat | None = None, field: str = "score",
+                     task: str | None = None) -> list[Prediction]:
     """Read our CSV/JSONL results or LLaMA-Factory's ``generated_predictions.jsonl``.
 
-    LLaMA-Factory rows (``predict``/``label`` answer texts) are parsed with the official
-    answer forms; a ``predict`` that does not parse is kept as a failed row, never dropped.
-    ``field`` picks the value column of our files: ``score`` (greedy) or ``ncm``.
+    LLaMA-Factory rows (``predict``/``label`` answer texts) are parsed with the official answer
+    forms; a ``predict`` that does not parse is kept as a failed row, never dropped. Their range is
+    the row's own (the label answer and the prompt's "from X to Y", read as
+    :func:`realqa.conversations.read_answer` reads a conversation), else ``fmt``'s, else ``task``'s
+    default: LLaMA-Factory checks nothing, and one answer of 33333333 on a 1-5 scale would
+    otherwise swamp the RMSE. Our rows keep the status scoring gave them.
+    ``field`` picks the value column of our files: ``score`` (greedy) or ``ncm``; an out-of-range
+    row is left out of either.
     """
     path = Path(path)
     rows = list(_read_rows(path))
     if rows and "predict" in rows[0]:
-        return [_llamafactory_row(i, row, fmt, path) for i, row in enumerate(rows)]
+        fallback = _fallback_range(fmt, task)
+        return [_llamafactory_row(i, row, fallback, path) for i, row in enumerate(rows)]
     predictions = []
     for i, row in enumerate(rows):
         if field not in row:
             raise ValueError(f"{path}: row {i + 1} has no {field!r} column (columns: {', '.join(row)})")
-        pred = _number(row.get(field))
-        status = row.get("status") or ("ok" if pred is not None else "no_score")
+        value = _number(row.get(field))
+        status = row.get("status") or ("ok" if value is not None else "no_score")
+        pred = None if status == PARSE_OUT_OF_RANGE else value
         label = _number(row.get("label", row.get("mos")))
-        predictions.append(Prediction(str(row.get("path", i)), pred, label, status, _predicted_attributes(row)))
+        values, statuses = _predicted_attributes(row)
+        text = row.get("text")
+        predictions.append(Prediction(str(row.get("path", i)), pred, label, status, values, statuses,
+                                      text=None if text is None else str(text), read=value))
     return predictions
 
 
-def _predicted_attributes(row: dict) -> dict:
-    """Attribute predictions of one of our rows: nested (JSONL) or ``name``/``name_status`` columns (CSV)."""
+def _predicted_attributes(row: dict) -> tuple[dict, dict]:
+    """Attribute predictions of one of our rows and their statuses: nested (JSONL) or
+    ``name``/``name_status`` columns (CSV). A value whose status is not ``ok`` is None."""
     if isinstance(row.get("attributes"), dict):
-        return {name: entry.get("value") if entry.get("status") == "ok" else None
-                for name, entry in row["attributes"].items()}
-    names = [c[: -len(ATTRIBUTE_STATUS_SUFFIX)] for c in row if c.endswith(ATTRIBUTE_STATUS_SUFFIX)]
-    return {name: (row.get(name) or None) if row.get(name + ATTRIBUTE_STATUS_SUFFIX) == "ok" else None
-            for name in names if name in row}
+        entries = {name: (entry.get("value"), entry.get("status")) for name, entry in row["attributes"].items()}
+    else:
+        names = [c[: -len(ATTRIBUTE_STATUS_SUFFIX)] for c in row if c.endswith(ATTRIBUTE_STATUS_SUFFIX)]
+        entries = {name: (row.get(name) or None, row.get(name + ATTRIBUTE_STATUS_SUFFIX)) for name in names if name in row}
+    values = {name: value if status == PARSE_OK else None for name, (value, status) in entries.items()}
+    return values, {name: status for name, (_, status) in entries.items()}
 
 
-def _llamafactory_row(i: int, row: dict, fmt: ScoreFormat | None, path: Path) -> Prediction:
-    predicted = parse_score(str(row["predict"]), fmt)
+def _fallback_range(fmt: ScoreFormat | None, task: str | None) -> tuple[float, float] | None:
+    if fmt is not None:
+        return fmt.low, fmt.high
+    spec = DEFAULT_TASKS.get(task) if task else None
+    return (spec.low, spec.high) if spec is not None and spec.is_score else None
+
+
+def _row_range(prompt: str, label_text: str, fallback: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The range a LLaMA-Factory row states (its label answer's task, its prompt's "from X to Y"), else ``fallback``."""
+    from .conversations import ConversationError, read_answer
+    from .tasks import SCORE
+
+    if label_text:
+        try:
+            answer = read_answer(prompt, label_text)
+        except ConversationError:
+            return fallback
+        if answer["kind"] == SCORE:
+            return answer["low"], answer["high"]
+    return fallback
+
+
+def _llamafactory_row(i: int, row: dict, fallback: tuple[float, float] | None, path: Path) -> Prediction:
+    predict = str(row["predict"])
     label_text = row.get("label")
-    label = parse_score(str(label_text), fmt).value if label_text not in (None, "") else None
-    if label_text not in (None, "") and label is None:
+    label_text = None if label_text in (None, "") else str(label_text)
+    label = parse_score(label_text).value if label_text is not None else None
+    if label_text is not None and label is None:
         raise ValueError(f"{path}: row {i + 1}: the label {label_text!r} holds no score")
-    return Prediction(str(i), predicted.value, label, predicted.status)
+    predicted = parse_score(predict)
+    status, pred = predicted.status, predicted.value
+    bounds = _row_range(str(row.get("prompt") or ""), label_text or "", fallback)
+    if pred is not None and bounds is not None and not bounds[0] <= pred <= bounds[1]:
+        status, pred = PARSE_OUT_OF_RANGE, None
+    return Prediction(str(i), pred, label, status, text=predict, label_text=label_text, read=predicted.value,
+                      source=SOURCE_LLAMAFACTORY)
 
 
 def _read_rows(path: Path) -> Iterator[dict]:

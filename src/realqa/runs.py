@@ -37,12 +37,23 @@ def run_settings(args: argparse.Namespace) -> dict:
         "cot": bool(args.cot),
         "dtype": str(_resolve_dtype(args.dtype, device)).removeprefix("torch."),
         "quantize": getattr(args, "quantize", None),
+        "card": _identity(args.card) if getattr(args, "card", None) else None,
+        "preprocessing": getattr(args, "preprocessing", None) or _card_preprocessing(args),
         "min_pixels": args.min_pixels,
         "max_pixels": args.max_pixels,
         "video_mode": args.video_mode,
         "frames": args.frames,
         "fps": args.fps,
     }
+
+
+def _card_preprocessing(args: argparse.Namespace) -> str:
+    """The preprocessing profile the model's card names (that of an uncarded checkpoint without one)."""
+    from .model import find_card
+    from .models import demo_model_path
+
+    card, _ = find_card(args.model or demo_model_path(), args.adapter, getattr(args, "card", None))
+    return card.preprocessing
 
 
 def _identity(model: str) -> str:

@@ -327,7 +327,8 @@ def _check_parts(parts, names: Sequence[str], limits: ServeLimits) -> None:
 
 
 def decode_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Decode uploaded bytes to RGB (as :func:`realqa.media.load_image` does a file).
+    """Decode uploaded bytes as stored (as :func:`realqa.media.load_image` does a file); the scorer
+    then prepares the image with its model's preprocessing profile, as it does a file.
 
     Raises ``RequestError`` 413 when the header states more than ``max_pixels`` pixels (nothing is
     decoded then) and ``MediaError`` for empty, truncated or undecodable data.
@@ -347,7 +348,11 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         raise _too_many_pixels(name, f"{width}x{height} = {width * height:,} pixels (limit {max_pixels:,})")
-    return load_image(image, max_pixels=max_pixels, label=name)
+    return load_image(image, max_pixels=max_pixels, label=name, prepare=_as_stored)
+
+
+def _as_stored(image: Image.Image) -> Image.Image:
+    return image
 
 
 def _too_many_pixels(name: str, why: str) -> RequestError:

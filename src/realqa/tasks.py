@@ -39,7 +39,8 @@ class Task:
     ``{values}`` (categorical tasks: the allowed answers) and ``{label}``. The answer is
     ``answer_prefix`` + the value + ``answer_suffix``; at scoring time the prefix is fed to the
     model so that only the value is generated. ``cot_question`` is asked instead when the answer
-    should reason over the attributes first and end with the score in angle brackets.
+    should reason over the attributes first and end with the score in angle brackets. A question
+    holding LLaMA-Factory's ``<image>`` tag puts the image there (see :mod:`realqa.chat`).
     """
 
     name: str
@@ -53,6 +54,7 @@ class Task:
     values: tuple[str, ...] = ()
     level: str = ""
     cot_question: str = ""
+    system: str = ""  # a system turn before the question; empty: the chat template's default
 
     def __post_init__(self) -> None:
         if self.kind not in (SCORE, CATEGORICAL):

@@ -6,6 +6,10 @@ fine-tuning), cosine schedule with 10% warmup, batch 2 x accumulation 8, bf16, 2
 
 The same entry point runs on one CPU, one GPU, or many processes under ``torchrun`` /
 ``accelerate launch`` (DDP, FSDP, DeepSpeed ZeRO-2/3 through the config files in ``configs/``).
+
+Training data is realqa manifests (answers written by realqa from the labels) or LLaMA-Factory
+conversation files (the official RealQA training files: each question and answer trained verbatim;
+``configs/official/`` reproduces the official recipes on them).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,7 +31,8 @@ from .data.attributes import AttributeSpec
 from .media import MediaError
 from .model import MAX_PIXELS, MIN_PIXELS, ModelCard, ScoringModel, load_model
 from .numeric import digit_probs
-from .tasks import Task, attribute_task
+from .preprocessing import DEFAULT_PROFILE, profile
+from .tasks import DEFAULT_TASKS, Task, attribute_task
 
 DEFAULT_LR = {"lora": 1e-4, "full": 1e-5}
 
@@ -36,24 +42,52 @@ DEFAULT_LR = {"lora": 1e-4, "full": 1e-5}
 
 @dataclass
 class DataSource:
-    """One manifest in the training (or held-out) mix.
+    """One manifest or one LLaMA-Factory conversation file in the training (or held-out) mix.
 
-    ``task`` is a score task (quality, aesthetics) or one of the dataset's attributes.
-    ``form`` is ``plain`` (the answer states the value) or ``cot`` (the answer reasons over the
-    sample's attributes, then gives the score in angle brackets). ``weight`` is how many times each
-    sample is seen per epoch: 2 repeats the source, 0.5 takes a seeded half of it. ``split`` picks
-    a split of the manifest (None: every sample in it).
+    A **manifest** source (``manifest``) asks one question of every sample and realqa writes the
+    answers from the labels. ``task`` (default ``quality``) is a score task (quality, aesthetics) or
+    one of the dataset's attributes. ``form`` is ``plain`` (default; the answer states the value)
+    or ``cot`` (the answer reasons over the sample's attributes, then gives the score in angle
+    brackets). ``split`` picks a split of the manifest (None: every sample in it).
+
+    A **conversation** source (``conversations``: a LLaMA-Factory sharegpt .json/.jsonl file, e.g.
+    the official ``koniq10k_training_decimal2_cot.json``) trains each record's question and answer
+    verbatim (:mod:`realqa.conversations`); relative image paths start from ``media_dir`` (default:
+    the file's folder). Its questions come from the file, so ``task``, ``form`` and ``split`` do
+    not apply, and ``decimals`` does not rewrite its answers.
+
+    ``weight`` (either kind) is how many times each sample is seen per epoch: 2 repeats the source,
+    0.5 takes a seeded half of it.
     """
 
-    manifest: str
-    task: str = "quality"
+    manifest: str | None = None
+    task: str | None = None  # manifests: default "quality"
     split: str | None = None
     weight: float = 1.0
-    form: str = "plain"
+    form: str | None = None  # manifests: default "plain"
+    conversations: str | None = None
+    media_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if (self.manifest is None) == (self.conversations is None):
+            raise ValueError("a data source needs exactly one of 'manifest' or 'conversations'")
+        if self.conversations is not None:
+            given = [key for key in ("task", "form", "split") if getattr(self, key) is not None]
+            if given:
+                raise ValueError(f"{self.conversations}: {', '.join(given)} {'does' if len(given) == 1 else 'do'} "
+                                 "not apply to a conversation source (its questions and answers are read from the file)")
+            return
+        if self.media_dir is not None:
+            raise ValueError(f"{self.manifest}: media_dir applies to conversation sources only")
+        self.task = self.task if self.task is not None else "quality"
+        self.form = self.form if self.form is not None else "plain"
         if self.form not in ("plain", "cot"):
             raise ValueError(f"{self.manifest}: form must be 'plain' or 'cot', got {self.form!r}")
+
+    @property
+    def name(self) -> str:
+        """The file the source reads (for messages, logs and the card)."""
+        return self.manifest if self.manifest is not None else self.conversations
 
 
 @dataclass
@@ -100,6 +134,9 @@ class TrainConfig:
     min_pixels: int = MIN_PIXELS
     max_pixels: int = MAX_PIXELS
     dataloader_num_workers: int = 0
+    # How a decoded image is prepared for the image processor (realqa.preprocessing); recorded in
+    # the card. The official recipes use "llamafactory", the pipeline the official models trained with.
+    preprocessing: str = DEFAULT_PROFILE
     resume_from_checkpoint: str | None = None  # a checkpoint folder, or "latest" for the newest in output_dir
     deepspeed: str | None = None
     report_to: str = "none"
@@ -114,6 +151,7 @@ class TrainConfig:
             raise ValueError("the config lists no training data (train: [...])")
         if not 0 <= self.decimals <= 3:
             raise ValueError(f"decimals must be 0..3, got {self.decimals}")
+        profile(self.preprocessing)  # an unknown profile fails at start, naming the known ones
 
     @property
     def lr(self) -> float:
@@ -155,6 +193,10 @@ def _build(cls, data: Any, where: str):
         return cls(**values)
     except TypeError as err:
         raise ValueError(f"config: {where or 'top level'}: {err}") from None
+    except ValueError as err:
+        if not where:
+            raise
+        raise ValueError(f"config: {where}: {err}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -191,7 +233,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 @dataclass(frozen=True)
 class TrainItem:
     """One supervised answer: an image file, a task, its target value (a score on the task range or
-    an attribute's value), and for chain-of-thought answers the sample's attributes."""
+    an attribute's value), and for chain-of-thought answers the sample's attributes.
+
+    An item from a conversation file also carries the question asked (``question``: a task whose
+    templates render it verbatim) and the answer written there (``answer``), trained as they are.
+    """
 
     image: str
     task: str
@@ -199,6 +245,23 @@ class TrainItem:
     source: str
     cot: bool = False
     attributes: tuple = ()  # (name, value) pairs, for CoT answers
+    question: Task | None = None  # the task asked, when it is not the encoder's task named ``task``
+    answer: str | None = None  # the answer verbatim; None: written from ``value``
+
+
+def read_conversation_source(source: DataSource) -> tuple[list[TrainItem], list]:
+    """A conversation source's items (question and answer verbatim) and its
+    :class:`~realqa.conversations.Conversation` records (for the model card)."""
+    from .conversations import read_conversations
+
+    if not Path(source.conversations).is_file():
+        raise ValueError(f"{source.conversations}: conversation file not found")
+    conversations = read_conversations([source.conversations], source.media_dir)
+    if not conversations:
+        raise ValueError(f"{source.conversations}: the file holds no conversations")
+    items = [TrainItem(c.image_path, c.task.name, c.label, source.conversations, c.cot, question=c.task,
+                       answer=c.answer) for c in conversations]
+    return items, conversations
 
 
 def read_source(source: DataSource, log=print) -> tuple[list[TrainItem], list[AttributeSpec]]:
@@ -259,7 +322,7 @@ def mix_sources(per_source: Sequence[tuple[DataSource, list[TrainItem]]], seed: 
     mixed: list[TrainItem] = []
     for source, items in per_source:
         if source.weight < 0:
-            raise ValueError(f"{source.manifest}: weight must be >= 0, got {source.weight}")
+            raise ValueError(f"{source.name}: weight must be >= 0, got {source.weight}")
         whole, fraction = divmod(source.weight, 1)
         mixed += items * int(whole)
         mixed += rng.sample(items, round(fraction * len(items)))
@@ -306,7 +369,13 @@ class AnswerEncoder:
             raise ValueError(f"unknown task {name!r}; known: {', '.join(self.tasks)}")
         return self.tasks[name]
 
+    def task_of(self, item: TrainItem) -> Task:
+        """The task the item is asked: its own (a conversation's verbatim question), else the named one."""
+        return item.question if item.question is not None else self.task(item.task)
+
     def answer(self, item: TrainItem) -> str:
+        if item.answer is not None:
+            return item.answer
         task = self.task(item.task)
         if item.cot:
             if not task.is_score:
@@ -316,10 +385,10 @@ class AnswerEncoder:
 
     def encode(self, item: TrainItem) -> tuple[list[int], list[int], list[int]]:
         """(input ids, labels, positions of the score digits; empty for a categorical answer)."""
-        task = self.task(item.task)
+        task = self.task_of(item)
         if task.is_score and not task.low <= item.value <= task.high:
             raise ValueError(f"score {item.value} is outside the {task.name} range [{task.low:g}, {task.high:g}]")
-        key = (task.name, item.cot)
+        key = (task, item.cot)
         if key not in self._prompts:
             self._prompts[key] = render_prompt(self.tokenizer, task, cot=item.cot, attributes=self.attributes)
         prompt = self._prompts[key]
@@ -332,7 +401,7 @@ class AnswerEncoder:
         digits = []
         if task.is_score:
             number = task.value_text(item.value)
-            end = answer.rindex(number) + len(number)  # the score is the answer's last number
+            end = score_span(task, answer, number, item.cot)[1]
             through_number = encode(prompt + answer[:end])
             digits = [i for i in range(len(prompt_ids), len(through_number)) if full[i] in self.digit_ids]
             digits = digits[-task.score_format.num_digits:]
@@ -340,6 +409,29 @@ class AnswerEncoder:
                 raise ValueError(f"task {task.name!r}: the score {number!r} is not one token per digit")
         labels = [IGNORE_INDEX] * len(prompt_ids) + full[len(prompt_ids) :]
         return full, labels, digits
+
+
+_WRITTEN_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_BRACKETED_NUMBER = re.compile(r"<\s*(\d+(?:\.\d+)?)\s*>")
+
+
+def score_span(task: Task, answer: str, number: str, cot: bool) -> tuple[int, int]:
+    """Where ``answer`` writes its score (``number``, as the task writes the label): the first
+    number in angle brackets of a chain-of-thought answer (where RealQA's evaluation reads it), the
+    number right after the answer prefix of a plain one."""
+    if cot:
+        match = _BRACKETED_NUMBER.search(answer)
+        span = match.span(1) if match else None
+    else:
+        match = _WRITTEN_NUMBER.match(answer, len(task.answer_prefix)) if answer.startswith(task.answer_prefix) else None
+        span = match.span() if match else None
+    if span is None:
+        where = "in angle brackets" if cot else f"after {task.answer_prefix!r}"
+        raise ValueError(f"task {task.name!r}: the answer has no score {where}: {answer[:80]!r}")
+    if answer[span[0]:span[1]] != number:
+        raise ValueError(f"task {task.name!r}: the answer writes the score {answer[span[0]:span[1]]!r}, "
+                         f"not {number!r} (one integer digit, {task.decimals} decimal(s))")
+    return span
 
 
 class ScoreConversations(torch.utils.data.Dataset):
@@ -358,7 +450,7 @@ class ScoreConversations(torch.utils.data.Dataset):
         ids, labels, digits = self.encoder.encode(item)
         example = self.builder.build(item.image, item.image, ids, labels)
         shift = len(example.input_ids) - len(ids)  # the image placeholder became `shift + 1` tokens
-        task = self.encoder.task(item.task)
+        task = self.encoder.task_of(item)
         example.extra = {"digit_positions": [p + shift for p in digits]}
         if digits:
             fmt = task.score_format
@@ -487,25 +579,14 @@ def _held_out_callback(scorer_factory, sources: list[tuple[DataSource, list[Trai
             was_training = trainer.model.training
             trainer.model.eval()
             logs = {}
-            for source, items in sources:
-                items = items[:max_samples] if max_samples else items
-                cot = source.form == "cot"
-                results = scorer.score([item.image for item in items], task=source.task, cot=cot)
-                name = f"{Path(source.manifest).stem}_{source.task}" + ("_cot" if cot else "")
-                labels = [item.value for item in items]
-                if scorer.task(source.task).is_score:
-                    for field_name in ("score", "ncm"):
-                        evaluation = evaluate([getattr(r, field_name) for r in results], labels)
-                        tag = f"heldout_{name}" + ("" if field_name == "score" else "_ncm")
-                        logs[f"{tag}_srcc"] = evaluation.srcc
-                        logs[f"{tag}_plcc"] = evaluation.plcc
-                        logs[f"{tag}_failed"] = evaluation.n_failed
-                else:
-                    evaluation = classification([r.score if r.status == "ok" else None for r in results], labels)
-                    logs[f"heldout_{name}_accuracy"] = evaluation.accuracy
-                    logs[f"heldout_{name}_macro_f1"] = evaluation.macro_f1
-                    logs[f"heldout_{name}_failed"] = evaluation.n_failed
-                logs[f"heldout_{name}_rows"] = len(items)
+            for source, all_items in sources:
+                all_items = all_items[:max_samples] if max_samples else all_items
+                groups: dict[tuple[str, bool], list[TrainItem]] = {}  # a conversation file may ask several tasks
+                for item in all_items:
+                    groups.setdefault((item.task, item.cot), []).append(item)
+                for (task_name, cot), items in groups.items():
+                    name = f"{Path(source.name).stem}_{task_name}" + ("_cot" if cot else "")
+                    score_items(scorer, items, name, logs)
             if was_training:
                 trainer.model.train()
             self.history.append({"step": state.global_step, **logs})
@@ -518,6 +599,34 @@ def _held_out_callback(scorer_factory, sources: list[tuple[DataSource, list[Trai
         def on_train_end(self, args, state, control, **kwargs):
             if not self.history or self.history[-1]["step"] != state.global_step:
                 self.run(state)
+
+    def score_items(scorer, items: list[TrainItem], name: str, logs: dict) -> None:
+        """Each item asked its own question (items asked alike batch together); metrics into ``logs``."""
+        from .engine import Question
+
+        asked: dict = {}
+        for position, item in enumerate(items):
+            question = Question(item.question if item.question is not None else scorer.task(item.task), cot=item.cot)
+            asked.setdefault(question, []).append(position)
+        results = [None] * len(items)
+        for question, positions in asked.items():
+            answers = scorer.iter_questions([items[p].image for p in positions], [question])
+            for position, answer in zip(positions, answers):
+                results[position] = answer[0]
+        labels = [item.value for item in items]
+        if next(iter(asked)).task.is_score:
+            for field_name in ("score", "ncm"):
+                evaluation = evaluate([getattr(r, field_name) for r in results], labels)
+                tag = f"heldout_{name}" + ("" if field_name == "score" else "_ncm")
+                logs[f"{tag}_srcc"] = evaluation.srcc
+                logs[f"{tag}_plcc"] = evaluation.plcc
+                logs[f"{tag}_failed"] = evaluation.n_failed
+        else:
+            evaluation = classification([r.score if r.status == "ok" else None for r in results], labels)
+            logs[f"heldout_{name}_accuracy"] = evaluation.accuracy
+            logs[f"heldout_{name}_macro_f1"] = evaluation.macro_f1
+            logs[f"heldout_{name}_failed"] = evaluation.n_failed
+        logs[f"heldout_{name}_rows"] = len(items)
 
     return ScoreHeldOut()
 
@@ -602,11 +711,22 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
     started = time.time()
     loaded = load_model(config.model, device="cpu", dtype=_load_dtype(config))
     builder = ExampleBuilder(loaded.image_processor, loaded.model.config.image_token_id,
-                             min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+                             min_pixels=config.min_pixels, max_pixels=config.max_pixels,
+                             preprocessing=config.preprocessing)
 
-    read = {id(source): read_source(source, log) for source in config.train + config.eval}
+    read, conversations = {}, {}
+    for source in config.train + config.eval:
+        if source.conversations is not None:
+            items, conversations[id(source)] = read_conversation_source(source)
+            read[id(source)] = (items, [])
+        else:
+            read[id(source)] = read_source(source, log)
     train_sources = [(source, read[id(source)][0]) for source in config.train]
     eval_sources = [(source, read[id(source)][0]) for source in config.eval]
+    written = sorted({c.task.decimals for records in conversations.values() for c in records if c.task.is_score})
+    if written and written != [config.decimals]:
+        log(f"conversation answers are trained as written ({'/'.join(map(str, written))} decimals); "
+            f"decimals={config.decimals} applies to manifest sources only")
     schema = {spec.name: spec for _, specs in read.values() for spec in specs}
     tasks = {name: task.with_decimals(config.decimals) for name, task in loaded.card.tasks.items()}
     tasks.update(attribute_tasks(list(schema.values()), config.decimals))
@@ -615,12 +735,15 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
     attributes = [name for name in schema if uses_cot or name in asked]
     encoder = AnswerEncoder(loaded.tokenizer, tasks, loaded.digit_ids, attributes, config.cot_form)
     for source, items in train_sources + eval_sources:
-        encoder.task(source.task)  # unknown task names fail now
+        if source.task is not None:
+            encoder.task(source.task)  # unknown task names fail now
+        row_name = "record" if source.conversations is not None else "sample"
         for row, item in enumerate(items, 1):
             try:
                 encoder.encode(item)
             except ValueError as err:
-                raise ValueError(f"{source.manifest}: sample {row}: {err}") from None
+                raise ValueError(f"{source.name}: {row_name} {row}: {err}") from None
+    card = _card(config, encoder, [c for source in config.train for c in conversations.get(id(source), [])], log)
     problems = check_images([item for _, items in train_sources + eval_sources for item in items], builder)
     if problems:
         listing = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
@@ -675,8 +798,6 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
         ncm_loss_weight=config.ncm_loss_weight,
     )
 
-    card = _card(config, encoder)
-
     def scorer_for(current_model) -> Scorer:
         view = ScoringModel(current_model, loaded.tokenizer, loaded.image_processor, card, loaded.digit_ids,
                             "in-training")
@@ -706,18 +827,39 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
     )
 
 
-def _card(config: TrainConfig, encoder: AnswerEncoder) -> ModelCard:
-    """What the output answers: the tasks trained, the attributes (asked or reasoned over), the CoT form."""
+def _card(config: TrainConfig, encoder: AnswerEncoder, conversations: Sequence = (), log=print) -> ModelCard:
+    """What the output answers: the tasks trained, the attributes (asked or reasoned over), the CoT form,
+    the image preprocessing.
+
+    The conversation files' questions join the tasks verbatim (:func:`realqa.conversations.card_tasks`),
+    so that scoring a plain folder asks what the model was trained on; where a conversation task has
+    the name of a manifest-trained one, the conversation wording is kept (and logged). Their tasks other
+    than quality and aesthetics are attributes (RealQA's composition, exposure, ...).
+    """
     attribute_names = [task.name for task in encoder.attributes]
-    used = [name for name in dict.fromkeys(source.task for source in config.train) if name not in attribute_names]
+    manifest_tasks = [source.task for source in config.train if source.task is not None]
+    used = [name for name in dict.fromkeys(manifest_tasks) if name not in attribute_names]
+    tasks = {name: encoder.task(name) for name in used + attribute_names}
+    if conversations:
+        from .conversations import card_tasks
+
+        asked, notes = card_tasks(list(conversations))
+        for note in notes:
+            log(f"model card: {note}")
+        for name, task in asked.items():
+            if name in tasks and tasks[name] != task:
+                log(f"model card: {name!r} is asked as in the conversation files, not with realqa's wording")
+            tasks[name] = task
+        attribute_names += [name for name in asked if name not in DEFAULT_TASKS and name not in attribute_names]
     return ModelCard(
-        tasks={name: encoder.task(name) for name in used + attribute_names},
+        tasks=tasks,
         description=f"{config.finetuning} fine-tune of {config.model} with realqa",
-        trained_on=[source.manifest for source in config.train],
+        trained_on=[source.name for source in config.train],
         min_pixels=config.min_pixels,
         max_pixels=config.max_pixels,
         attributes=attribute_names,
         cot_form=config.cot_form if any(source.form == "cot" for source in config.train) else None,
+        preprocessing=config.preprocessing,
         extra={"base_model": config.model, "finetuning": config.finetuning, "train_config": config.to_dict()},
     )
 

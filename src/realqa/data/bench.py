@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
+from ..conversations import Conversation, question_groups, read_conversations
 from ..metrics import evaluate, rmse
-from ..numeric import PARSE_NO_SCORE, PARSE_OUT_OF_RANGE
+from ..numeric import PARSE_NO_SCORE, PARSE_OK, PARSE_OUT_OF_RANGE
 from ..results import STATUS_ERROR
 from .manifest import read_manifest
 from .records import ALL, TEST, Dataset
@@ -36,7 +37,7 @@ class BenchRow:
     evaluated: int
     parse_failures: int  # answers without a score
     errors: int  # inputs that could not be scored (e.g. unreadable files)
-    out_of_range: int  # scores written outside the task range; evaluated as written
+    out_of_range: int  # scores written outside the task range: counted here, never evaluated
     srcc: float
     plcc: float
     krcc: float
@@ -44,6 +45,11 @@ class BenchRow:
     rmse: float  # task scale
     rmse_native: float  # the dataset's own scale
     predictions: str
+    # The authors' evaluation script's reading of the same answers (first <...>, unreadable rows
+    # skipped, raw correlations): beside ours, so the figures can be set next to the paper's.
+    official_rows: int = 0
+    official_srcc: float = math.nan
+    official_plcc: float = math.nan
 
 
 @dataclass
@@ -52,12 +58,17 @@ class BenchTable:
     model: str = "model"
 
     def to_text(self) -> str:
-        header = f"{'dataset':<12} {'task':<10} {'split':<6} {'rows':>6} {'scored':>6} {'no-score':>8} {'errors':>6} " \
-                 f"{'SRCC':>7} {'PLCC':>7}"
+        width = max([12] + [len(r.dataset) for r in self.rows])
+        header = f"{'dataset':<{width}} {'task':<10} {'split':<6} {'rows':>6} {'scored':>6} {'no-score':>8} " \
+                 f"{'range':>6} {'errors':>6} {'SRCC':>7} {'PLCC':>7}   official: {'rows':>6} {'SRCC':>7} {'PLCC':>7}"
         lines = [header]
         for r in self.rows:
-            lines.append(f"{r.dataset:<12} {r.task:<10} {r.split:<6} {r.rows:>6} {r.evaluated:>6} {r.parse_failures:>8} "
-                         f"{r.errors:>6} {_number(r.srcc):>7} {_number(r.plcc):>7}")
+            lines.append(f"{r.dataset:<{width}} {r.task:<10} {r.split:<6} {r.rows:>6} {r.evaluated:>6} "
+                         f"{r.parse_failures:>8} {r.out_of_range:>6} {r.errors:>6} {_number(r.srcc):>7} "
+                         f"{_number(r.plcc):>7}   {'':9} {r.official_rows:>6} {_number(r.official_srcc):>7} "
+                         f"{_number(r.official_plcc):>7}")
+        lines.append("range: answers outside the task's range (never evaluated); official: the authors' script's "
+                     "reading of the same answers (first <...>, unreadable rows skipped)")
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -71,12 +82,13 @@ class BenchTable:
         ]
         long = [
             "| Dataset | Task | Split | Rows | Evaluated | Parse failures | Errors | Out of range | SRCC | PLCC | KRCC "
-            "| PLCC (logistic) | RMSE | RMSE (native) |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| PLCC (logistic) | RMSE | RMSE (native) | Official reading: rows | SRCC | PLCC |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ] + [
             f"| {r.dataset} | {r.task} | {r.split} | {r.rows} | {r.evaluated} | {r.parse_failures} | {r.errors} | "
             f"{r.out_of_range} | {_number(r.srcc)} | {_number(r.plcc)} | {_number(r.krcc)} | "
-            f"{_number(r.plcc_logistic)} | {_number(r.rmse)} | {_number(r.rmse_native)} |"
+            f"{_number(r.plcc_logistic)} | {_number(r.rmse)} | {_number(r.rmse_native)} | {r.official_rows} | "
+            f"{_number(r.official_srcc)} | {_number(r.official_plcc)} |"
             for r in self.rows
         ]
         return "\n".join(wide + [""] + long) + "\n"
@@ -156,7 +168,6 @@ def _score_dataset(scorer, name, dataset: Dataset, task, out_dir: Path, decimals
     samples = [s for s in dataset.samples if task in s.scores]
     paths = [str(dataset.image_path(s)) for s in samples]
     stem = name if len(dataset.tasks) == 1 else f"{name}.{task}"
-    predictions_path = out_dir / f"{stem}.predictions.csv"
     out_dir.mkdir(parents=True, exist_ok=True)
     if dataset.media == "video":
         results = _video_results(scorer, paths, task, out_dir / f"{stem}.frames.csv",
@@ -168,31 +179,113 @@ def _score_dataset(scorer, name, dataset: Dataset, task, out_dir: Path, decimals
 
         unit = "video" if dataset.media == "video" else "img"
         results = tqdm(results, total=len(paths), desc=f"{name} {task}", unit=unit, file=sys.stderr)
-    preds, labels = [], []
+    labelled = [_Labelled(s.id, s.scores[task], s.native[task]) for s in samples]
+    return _bench_row(name, task, samples[0].split if samples else "", labelled, results,
+                      out_dir / f"{stem}.predictions.csv", lambda value: dataset.to_native(value, task))
+
+
+@dataclass(frozen=True)
+class _Labelled:
+    id: str
+    label: float
+    native: float
+
+
+def _bench_row(name: str, task: str, split: str, labelled: Sequence[_Labelled], results, predictions_path: Path,
+               to_native) -> BenchRow:
+    """Write one row per input to ``predictions_path`` as results come, then the metrics.
+
+    Only answers inside the task's range are evaluated; the others are counted by status.
+    """
+    from ..evaluation import official_reading
+
+    preds, labels, texts = [], [], []
     counts = {STATUS_ERROR: 0, PARSE_NO_SCORE: 0, PARSE_OUT_OF_RANGE: 0}
     with open(predictions_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=PREDICTION_FIELDS)
         writer.writeheader()
-        for sample, result in zip(samples, results):
+        for entry, result in zip(labelled, results):
             counts[result.status] = counts.get(result.status, 0) + 1
-            preds.append(result.score)
-            labels.append(sample.scores[task])
+            preds.append(result.score if result.status == PARSE_OK else None)
+            labels.append(entry.label)
+            texts.append(result.text)
             row = {
-                "id": sample.id, "image": result.path, "label": sample.scores[task], "label_native": sample.native[task],
-                "score": result.score, "score_native": dataset.to_native(result.score, task), "ncm": result.ncm,
+                "id": entry.id, "image": result.path, "label": entry.label, "label_native": entry.native,
+                "score": result.score, "score_native": _native(result.score, to_native), "ncm": result.ncm,
                 "status": result.status, "text": result.text, "error": result.error,
             }
             writer.writerow({key: "" if value is None else value for key, value in row.items()})
     result = evaluate(preds, labels)
-    scored = [(p, s.native[task]) for p, s in zip(preds, samples) if p is not None and math.isfinite(p)]
-    native_rmse = rmse([dataset.to_native(p, task) for p, _ in scored], [n for _, n in scored]) if scored else math.nan
+    scored = [(p, e.native) for p, e in zip(preds, labelled) if p is not None and math.isfinite(p)]
+    native_rmse = rmse([to_native(p) for p, _ in scored], [n for _, n in scored]) if scored else math.nan
+    official = official_reading(texts, labels)
     return BenchRow(
-        dataset=name, task=task, split=samples[0].split if samples else "", rows=result.n_total,
+        dataset=name, task=task, split=split, rows=result.n_total,
         evaluated=result.n_evaluated, parse_failures=counts[PARSE_NO_SCORE], errors=counts[STATUS_ERROR],
         out_of_range=counts[PARSE_OUT_OF_RANGE], srcc=result.srcc, plcc=result.plcc, krcc=result.krcc,
         plcc_logistic=result.plcc_logistic, rmse=result.rmse, rmse_native=native_rmse,
-        predictions=str(predictions_path),
+        predictions=str(predictions_path), official_rows=official.n_kept, official_srcc=official.srcc,
+        official_plcc=official.plcc,
     )
+
+
+def _native(score, to_native):
+    return to_native(score) if isinstance(score, (int, float)) else None
+
+
+# ---------------------------------------------------------------- LLaMA-Factory conversation files
+
+
+def score_conversations(scorer, conversations: Sequence[Conversation], *, batch_size: int | None = None):
+    """Each conversation's result, in file order, asked its own question verbatim.
+
+    Conversations asked exactly the same way (question, answer form, system turn) batch together.
+    """
+    from ..engine import Question
+
+    results = [None] * len(conversations)
+    for group in question_groups(list(conversations)):
+        first = conversations[group[0]]
+        paths = [conversations[i].image_path for i in group]
+        for position, answers in zip(group, scorer.iter_questions(paths, [Question(first.task, cot=first.cot)],
+                                                                  batch_size=batch_size)):
+            results[position] = answers[0]
+    return results
+
+
+def run_conversation_bench(
+    scorer,
+    files: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    media_dir: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    limit: int | None = None,
+    model: str = "model",
+) -> BenchTable:
+    """Score LLaMA-Factory test files (the official ``koniq10k_test`` and the like) as they are written.
+
+    Every example is asked its own question and labelled by its own answer; one table row per file
+    and score task in it (categorical attributes are left to ``realqa eval``). Predictions go to
+    ``<file stem>[.<task>].predictions.csv``, one row per example in file order.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for file in files:
+        conversations = read_conversations([file], media_dir)[:limit]
+        name = Path(file).stem
+        tasks = list(dict.fromkeys(c.task.name for c in conversations if c.task.is_score))
+        for task in tasks:
+            chosen = [c for c in conversations if c.task.name == task]
+            results = score_conversations(scorer, chosen, batch_size=batch_size)
+            labelled = [_Labelled(str(c.index), c.label, c.label) for c in chosen]
+            stem = name if len(tasks) == 1 else f"{name}.{task}"
+            rows.append(_bench_row(name, task, "test", labelled, results, out_dir / f"{stem}.predictions.csv",
+                                   lambda value: value))
+    table = BenchTable(rows, model)
+    table.write(out_dir)
+    return table
 
 
 def _video_results(scorer, paths, task, frames_path: Path, options: dict):

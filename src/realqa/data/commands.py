@@ -47,6 +47,16 @@ def add_commands(subparsers) -> None:
     imp.add_argument("--name", help="dataset name (default: the first file's stem)")
     imp.set_defaults(run=_import)
 
+    card = commands.add_parser("card", help="write a realqa_card.json from LLaMA-Factory conversation files, so that "
+                                             "scoring asks the questions a model was trained with")
+    card.add_argument("files", nargs="+", help="conversation .json/.jsonl files (e.g. the official koniq10k_test.json)")
+    card.add_argument("--out", required=True, help="folder to write realqa_card.json into (e.g. the adapter's), or a .json file")
+    card.add_argument("--preprocessing", default="llamafactory",
+                      help="the image pipeline the model was trained with (default: llamafactory, as for every "
+                           "official RealQA checkpoint)")
+    card.add_argument("--description", default="", help="a line saying what the model is")
+    card.set_defaults(run=_card)
+
     synth = commands.add_parser("synth", help="distort clean photos into a benchmark with pseudo opinion scores")
     synth.add_argument("--photos", required=True, help="folder of clean photos")
     synth.add_argument("--out", required=True, help="output folder: images/, train.jsonl, test.jsonl, README.md")
@@ -64,22 +74,25 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--workers", type=int, default=1, help="processes writing images (default 1)")
     synth.set_defaults(run=_synth)
 
-    bench = subparsers.add_parser("bench", help="score prepared test splits and report SRCC/PLCC per dataset")
-    bench.add_argument("--model", required=True, help="model folder or hub id")
-    bench.add_argument("--adapter", help="PEFT LoRA adapter folder")
-    bench.add_argument("--datasets", required=True, help="comma-separated dataset names or manifest paths")
+    bench = subparsers.add_parser("bench", help="score test splits or LLaMA-Factory test files; SRCC/PLCC per dataset")
+    sources = bench.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--datasets", help="comma-separated dataset names or manifest paths")
+    sources.add_argument("--conversations", nargs="+", metavar="FILE",
+                         help="LLaMA-Factory conversation files (e.g. the official koniq10k_test.json): each example "
+                              "is asked its own question verbatim and labelled by its own answer")
+    bench.add_argument("--media-dir", help="--conversations: folder relative image paths start from "
+                                           "(LLaMA-Factory's media_dir; default: each file's folder)")
     bench.add_argument("--data-root", help="folder holding one folder per dataset (e.g. DATA/koniq10k)")
     bench.add_argument("--prepared", help="folder of `data prepare` output (PREPARED/<dataset>/test.jsonl)")
     bench.add_argument("--out", required=True, help="folder for predictions, bench.csv and bench.md")
     bench.add_argument("--split", help="split to score (default: test, else all)")
     bench.add_argument("--decimals", type=int, help="decimals in the answer (default: the model card's)")
-    bench.add_argument("--batch-size", type=int, default=8)
-    bench.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
-    bench.add_argument("--dtype", help="bf16, fp16 or fp32")
-    bench.add_argument("--min-pixels", type=int, help="image processor lower pixel bound")
-    bench.add_argument("--max-pixels", type=int, help="image processor upper pixel bound")
     bench.add_argument("--limit", type=int, help="score only the first N images of each dataset (smoke runs)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    from ..commands import add_scorer_arguments, add_throughput_arguments
+
+    add_scorer_arguments(bench)
+    add_throughput_arguments(bench)
     bench.set_defaults(run=_bench)
 
 
@@ -153,6 +166,29 @@ def _import(args) -> int:
     return 0
 
 
+def _card(args) -> int:
+    from ..conversations import card_tasks, read_conversations
+    from ..model import CARD_FILE, ModelCard
+    from ..tasks import DEFAULT_TASKS
+
+    conversations = read_conversations(args.files)
+    tasks, notes = card_tasks(conversations)
+    card = ModelCard(tasks=tasks, description=args.description, trained_on=[Path(f).name for f in args.files],
+                     preprocessing=args.preprocessing, attributes=[name for name in tasks if name not in DEFAULT_TASKS])
+    out = Path(args.out)
+    target = out if out.suffix == ".json" else out / CARD_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    card.save_to(target)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    for task in tasks.values():
+        kind = f"{task.low:g}-{task.high:g}, {task.decimals} decimals" if task.is_score else "one of " + ", ".join(task.values)
+        print(f"{task.name}: {task.question_text()!r} -> {task.answer_prefix!r}... ({kind})"
+              + (" and a chain-of-thought question" if task.cot_question else ""))
+    print(f"wrote {target} ({len(conversations)} examples read; preprocessing {card.preprocessing})")
+    return 0
+
+
 def _synth(args) -> int:
     from .synth import synthesize
 
@@ -170,18 +206,19 @@ def _synth(args) -> int:
 
 
 def _bench(args) -> int:
-    from ..engine import load_scorer
-    from .bench import run_bench
+    from ..commands import load_scorer_from_args
+    from .bench import run_bench, run_conversation_bench
 
-    datasets = [(entry, _bench_dataset(entry.strip(), args)) for entry in args.datasets.split(",") if entry.strip()]
-    options = {"batch_size": args.batch_size}
-    if args.min_pixels:
-        options["min_pixels"] = args.min_pixels
-    if args.max_pixels:
-        options["max_pixels"] = args.max_pixels
-    scorer = load_scorer(args.model, args.adapter, device=args.device, dtype=args.dtype, **options)
-    table = run_bench(scorer, datasets, args.out, split=args.split, decimals=args.decimals, limit=args.limit,
-                      model=Path(args.adapter or args.model).name, progress=not args.quiet)
+    datasets = [] if args.conversations else [(entry.strip(), _bench_dataset(entry.strip(), args))
+                                              for entry in args.datasets.split(",") if entry.strip()]
+    scorer = load_scorer_from_args(args)
+    model = Path(args.adapter or scorer.loaded.name).name
+    if args.conversations:
+        table = run_conversation_bench(scorer, args.conversations, args.out, media_dir=args.media_dir,
+                                       limit=args.limit, model=model)
+    else:
+        table = run_bench(scorer, datasets, args.out, split=args.split, decimals=args.decimals, limit=args.limit,
+                          model=model, progress=not args.quiet)
     print(table.to_text())
     print(f"predictions, bench.csv and bench.md in {args.out}")
     return 0

@@ -9,19 +9,27 @@ with the question and answer of :mod:`realqa.tasks`, so training sees exactly wh
 Import reads such files back (also the ``conversations``/``from``/``value`` convention); the score
 is parsed from each answer with :func:`realqa.numeric.parse_score`, and an answer without one is
 reported by file and record, never dropped silently.
+
+An answer carries a score on the task range at the written precision, nothing else. Export also
+writes ``<file>.realqa.json`` beside the file (LLaMA-Factory reads only the files
+``dataset_info.json`` names): each task's native-scale mapping, the split rule, and each image's
+id, dataset, split and native scores. Import reads it back when the file is unchanged since
+(same SHA-256), so importing an export gives the manifest's native values, mappings and splits.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..numeric import PARSE_NO_SCORE, parse_score
 from ..tasks import DEFAULT_TASKS, Task
-from .adapter import OFFICIAL, Adapter, LabelData, LabelRow, Option, describe_file, path_id, record_problem
+from .adapter import OFFICIAL, Adapter, LabelData, LabelRow, Option, describe_file, parse_bool, path_id, record_problem
 from .problems import DUPLICATE, MALFORMED_ROW, DataError, RowProblem, ValidationReport
-from .records import TRAIN, Dataset, ScoreMapping
+from .records import TRAIN, Dataset, ScoreMapping, SplitInfo
 from .tables import Row, read_records
 
 IMAGE_TAG = "<image>"
@@ -29,6 +37,8 @@ IMAGE_TAG = "<image>"
 _CONVENTIONS = (("messages", "role", "content"), ("conversations", "from", "value"))
 _USER_ROLES = ("user", "human")
 _ASSISTANT_ROLES = ("assistant", "gpt")
+RECORD_SUFFIX = ".realqa.json"  # beside an exported file: what its answers cannot carry
+RECORD_FORMAT, RECORD_VERSION = "realqa-llamafactory-export", 1
 
 
 def dataset_info_entry(file_name: str) -> dict:
@@ -55,12 +65,14 @@ def export_sharegpt(
     Image paths are absolute, or relative to ``media_dir`` (LLaMA-Factory's ``media_dir``) when
     given. ``tasks`` overrides the question/answer wording (e.g. a model card's tasks). Returns
     the ``dataset_info.json`` entry, registered under ``name`` (default: the file's stem).
+    ``<file>.realqa.json`` (:func:`record_path`) records what the answers cannot carry.
     """
     tasks = tasks or DEFAULT_TASKS
     out_file = Path(out_file)
-    records = []
+    records, images = [], []
     for sample in dataset.samples:
         image = _exported_path(dataset.image_path(sample), dataset.root, media_dir)
+        images.append(image)
         for task_name, value in sample.scores.items():
             if task_name not in tasks:
                 raise ValueError(f"no question is defined for task {task_name!r}; tasks: {', '.join(tasks)}")
@@ -73,7 +85,9 @@ def export_sharegpt(
                 "images": [image],
             })
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    text = json.dumps(records, ensure_ascii=False, indent=1) + "\n"
+    out_file.write_text(text, encoding="utf-8")
+    _write_record(dataset, out_file, text, images, decimals)
     entry = dataset_info_entry(out_file.name)
     _register(out_file.parent / "dataset_info.json", name or out_file.stem, entry)
     return entry
@@ -84,6 +98,36 @@ def _exported_path(path: Path, root: str | None, media_dir) -> str:
         return Path(os.path.relpath(path.resolve(), Path(media_dir).resolve())).as_posix()
     # Without a root, a relative path is the label file's own spelling: kept, it cannot be resolved.
     return str(path.resolve()) if root is not None or path.is_absolute() else path.as_posix()
+
+
+def record_path(exported: str | os.PathLike) -> Path:
+    """``lf/koniq_test.json`` -> ``lf/koniq_test.json.realqa.json``."""
+    exported = Path(exported)
+    return exported.with_name(exported.name + RECORD_SUFFIX)
+
+
+def _write_record(dataset: Dataset, out_file: Path, text: str, images: list[str], decimals: int) -> None:
+    """The export's sidecar: mappings, split rule, and per exported image its sample's own fields.
+
+    Keyed by the image as the file writes it, since that is all an imported record has; the file's
+    SHA-256 tells an import whether the conversations are still the ones described.
+    """
+    tasks = list(dict.fromkeys(task for sample in dataset.samples for task in sample.scores))
+    samples = [{"image": image, "id": sample.id, "dataset": sample.dataset, "split": sample.split,
+                "native": dict(sample.native), "attributes": sample.attributes, "info": sample.info}
+               for image, sample in zip(images, dataset.samples) if sample.scores]
+    record = {
+        "format": RECORD_FORMAT,
+        "version": RECORD_VERSION,
+        "file": out_file.name,
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "decimals": decimals,
+        "dataset": dataset.name,
+        "mappings": {task: dataset.mapping(task).to_dict() for task in tasks},
+        "split": dataset.split.to_dict(),
+        "samples": samples,
+    }
+    record_path(out_file).write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 def _register(info_file: Path, name: str, entry: dict) -> None:
@@ -182,22 +226,38 @@ def detect_task(question: str, answer: str, tasks: dict[str, Task]) -> Task | No
     return words[0] if len(words) == 1 else None
 
 
+@dataclass
+class _RestoredLabels(LabelData):
+    """Label data restored from an export's sidecar: its rows already carry their recorded splits."""
+
+    split_info: SplitInfo | None = None
+
+
 class LlamaFactory(Adapter):
-    """Import of sharegpt files as a dataset; ``root`` is LLaMA-Factory's ``media_dir`` (images are then checked)."""
+    """Import of sharegpt files as a dataset; ``root`` is LLaMA-Factory's ``media_dir`` (images are then checked).
+
+    Files a realqa export wrote, unchanged since, get back what the export recorded beside them
+    (native scores and mappings, splits and the split rule, ids, dataset name, attributes);
+    ``split_name`` then applies only to files without such a record.
+    """
 
     name = "llamafactory"
     title = "LLaMA-Factory sharegpt"
     description = "conversation files (JSON/JSONL) with a score in each answer"
     options = (
-        Option("split_name", TRAIN, "split given to the imported samples"),
-        Option("dataset_name", None, "dataset name (default: the first file's name)"),
+        Option("split_name", TRAIN, "split given to the imported samples (a file an export recorded keeps its splits)"),
+        Option("dataset_name", None, "dataset name (default: the recorded one, else the first file's name)"),
+        Option("export_record", True, f"read the <file>{RECORD_SUFFIX} an export wrote beside the file", parse_bool),
     )
 
     def find_label_files(self, root: Path) -> list[Path]:
         raise DataError("give the conversation file(s) to import (labels=FILES)")
 
     def dataset_name(self, opts: dict, files: list[Path]) -> str:
-        return opts["dataset_name"] or files[0].stem
+        if opts["dataset_name"]:
+            return opts["dataset_name"]
+        records = _export_records(files) if opts["export_record"] else None
+        return records[0]["dataset"] if records else files[0].stem
 
     def split_default(self, data: LabelData) -> str:
         return OFFICIAL
@@ -206,7 +266,87 @@ class LlamaFactory(Adapter):
         rows, sources, tasks = conversation_rows(files, report, DEFAULT_TASKS, opts["split_name"])
         if not tasks:
             raise DataError(f"{', '.join(map(str, files))}: no conversation holds a score; {report.summary()}")
+        records = _export_records(files, report) if opts["export_record"] else None
+        if records is not None:
+            restored = _restore(rows, tasks, sources, records, files, report)
+            if restored is not None:
+                return restored
         return LabelData(rows, conversation_mappings(tasks), sources, f"the import option split_name={opts['split_name']!r}")
+
+    def _assign_splits(self, rows, data, strategy, seed, ratios):
+        if isinstance(data, _RestoredLabels) and strategy == OFFICIAL:
+            return data.split_info  # the rows carry the splits recorded at export
+        return super()._assign_splits(rows, data, strategy, seed, ratios)
+
+
+def _export_records(files: list[Path], report: ValidationReport | None = None) -> list[dict] | None:
+    """Each file's export record, when every file has one that still describes it; else None.
+
+    A file changed since export (or lacking a record while another has one) is imported as any
+    conversation file, with a note saying why its record was not used.
+    """
+    records, problems, absent = [], [], []
+    for path in files:
+        sidecar = record_path(path)
+        if not sidecar.is_file():
+            absent.append(f"{path.name} has no {sidecar.name}")
+            continue
+        try:
+            record = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            problems.append(f"{sidecar.name} is unreadable ({err})")
+            continue
+        if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or record.get("version") != RECORD_VERSION:
+            problems.append(f"{sidecar.name} is not a {RECORD_FORMAT} version {RECORD_VERSION} record")
+        elif record.get("sha256") != hashlib.sha256(path.read_bytes()).hexdigest():
+            problems.append(f"{path.name} changed since the export that wrote {sidecar.name}")
+        else:
+            records.append(record)
+    if len(absent) == len(files):
+        return None  # plain conversation files: nothing to say
+    if problems or absent:
+        if report is not None:
+            report.note("export records not used (native scores, splits and ids come from the answers and options): "
+                        + "; ".join(problems + absent))
+        return None
+    return records
+
+
+def _restore(rows: list[LabelRow], tasks: list[str], sources: list[dict], records: list[dict], files: list[Path],
+             report: ValidationReport) -> "_RestoredLabels | None":
+    """Rows with the native scores, splits and ids the export recorded; None (noted) where the records
+    disagree with each other or miss an image or task, so nothing is half restored."""
+    samples: dict[str, dict] = {}
+    for record in records:
+        for entry in record["samples"]:
+            samples.setdefault(entry["image"], entry)
+    mappings, splits = {}, []
+    problem = None
+    for record in records:
+        for task, mapping in record["mappings"].items():
+            if mappings.setdefault(task, mapping) != mapping:
+                problem = f"the records map {task} differently"
+        splits.append(record["split"])
+    missing = [label.image for label in rows if label.image not in samples
+               or not set(label.native) <= set(samples[label.image]["native"])]
+    if problem is None and missing:
+        problem = f"{len(missing)} image(s) are not recorded with their tasks, e.g. {missing[0]!r}"
+    if problem is None and not set(tasks) <= set(mappings):
+        problem = f"no recorded mapping for {', '.join(sorted(set(tasks) - set(mappings)))}"
+    if problem is not None:
+        report.note(f"export records not used: {problem}")
+        return None
+    for label in rows:
+        entry = samples[label.image]
+        label.native = {task: float(entry["native"][task]) for task in label.native}
+        label.split, label.id = entry["split"], entry["id"]
+        label.attributes, label.info = dict(entry.get("attributes") or {}), dict(entry.get("info") or {})
+    names = ", ".join(record_path(path).name for path in files)
+    split_info = SplitInfo.from_dict(splits[0]) if all(s == splits[0] for s in splits) else None
+    if split_info is None:
+        split_info = SplitInfo(OFFICIAL, f"the splits recorded at export in {names} (split rules differ between files)")
+    return _RestoredLabels(rows, {task: ScoreMapping.from_dict(mappings[task]) for task in tasks}, sources,
+                           f"the splits recorded at export in {names}", split_info)
 
 
 def conversation_mappings(tasks: list[str]) -> dict[str, ScoreMapping]:

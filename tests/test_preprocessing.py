@@ -1,0 +1,146 @@
+"""Preprocessing profiles: the image handed to the image processor, pixel for pixel.
+
+The ``llamafactory`` profile must reproduce the official RealQA pipeline exactly. The reference
+below is written from its specification (the LLaMA-Factory 0.9.2 fork's image steps), and the
+images the realqa pipeline hands to the Qwen2-VL image processor are compared with it over sizes
+below, at and above the 512 x 512 limit, odd sizes, thin and extreme shapes, several modes and
+EXIF-rotated files.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from realqa.batching import ExampleBuilder
+from realqa.media import MediaError
+from realqa.model import MAX_PIXELS, MIN_PIXELS, load_image_processor
+from realqa.preprocessing import PROFILES, profile
+
+LIMIT = 512 * 512
+
+
+def reference_llamafactory(path) -> Image.Image:
+    """The specification: open, shrink above 512x512 by sqrt(limit / area) with int() sizes and
+    NEAREST, convert('RGB') when not RGB, no EXIF transpose; then the Qwen2-VL plugin's fixes
+    (sides under 28 stretched to 28, aspect ratios beyond 200 cut to 180), NEAREST as well."""
+    image = Image.open(path)
+    width, height = image.size
+    if width * height > LIMIT:
+        ratio = math.sqrt(LIMIT / (width * height))
+        image = image.resize((int(width * ratio), int(height * ratio)), resample=Image.Resampling.NEAREST)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    width, height = image.size
+    if width < 28 or height < 28:
+        image = image.resize((max(width, 28), max(height, 28)), resample=Image.Resampling.NEAREST)
+    width, height = image.size
+    if width > 200 * height:
+        image = image.resize((180 * height, height), resample=Image.Resampling.NEAREST)
+    elif height > 200 * width:
+        image = image.resize((width, 180 * width), resample=Image.Resampling.NEAREST)
+    return image
+
+
+class SpyProcessor:
+    """Records the images the pipeline hands to the real image processor."""
+
+    def __init__(self, processor):
+        self.processor, self.seen = processor, []
+
+    def __call__(self, images, **kwargs):
+        self.seen.extend(images)
+        return self.processor(images=images, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.processor, name)
+
+
+def _noise(size, mode="RGB", seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    return Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode)
+
+
+def _save(tmp_path, name, image, **options):
+    path = tmp_path / name
+    image.save(path, **options)
+    return path
+
+
+def _cases(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: a viewer turns it 90 degrees clockwise
+    palette = _noise((700, 500), seed=5).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    return [
+        _save(tmp_path, "below.png", _noise((300, 200), seed=1)),
+        _save(tmp_path, "at-limit.png", _noise((512, 512), seed=2)),
+        _save(tmp_path, "above.jpg", _noise((1024, 768), seed=3), quality=90),
+        _save(tmp_path, "odd.png", _noise((1023, 767), seed=4)),
+        _save(tmp_path, "one-over.png", _noise((513, 511), seed=6)),  # 262,143 pixels: not shrunk
+        _save(tmp_path, "just-over.png", _noise((529, 496), seed=7)),  # 262,384 pixels: shrunk
+        _save(tmp_path, "portrait-exif.jpg", _noise((600, 400), seed=8), quality=90, exif=exif),
+        _save(tmp_path, "rgba.png", _noise((640, 480), "RGBA", seed=9)),
+        _save(tmp_path, "grey.png", _noise((1200, 900), "L", seed=10)),
+        _save(tmp_path, "palette.png", palette),
+        _save(tmp_path, "thin.png", _noise((600, 20), seed=11)),
+        _save(tmp_path, "needle.png", _noise((6000, 20), seed=12)),
+    ]
+
+
+def test_llamafactory_profile_hands_the_processor_exactly_the_reference_image(tmp_path):
+    spy = SpyProcessor(load_image_processor_for_test())
+    builder = ExampleBuilder(spy, image_token_id=7, preprocessing="llamafactory")
+    for path in _cases(tmp_path):
+        try:
+            example = builder.build(str(path), path.name, [1, 7, 2])
+        except MediaError as err:  # only an aspect ratio the processor itself refuses may fail
+            assert path.name == "needle.png" and "cannot be preprocessed" in str(err), err
+            continue
+        expected = reference_llamafactory(path)
+        seen = spy.seen[-1]
+        assert seen.mode == "RGB" and seen.size == expected.size, path.name
+        assert np.array_equal(np.asarray(seen), np.asarray(expected)), path.name
+        reference_features = spy.processor(images=[expected], size=builder.size, return_tensors="pt")
+        assert np.array_equal(example.pixel_values.numpy(), reference_features["pixel_values"].numpy()), path.name
+
+
+def load_image_processor_for_test():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+
+
+def test_the_two_profiles_differ_where_the_specification_says(tmp_path):
+    cases = {p.name: p for p in _cases(tmp_path)}
+    ours, theirs = profile("realqa").prepare, profile("llamafactory").prepare
+    with Image.open(cases["portrait-exif.jpg"]) as stored:
+        assert ours(stored).size == (400, 600)  # turned upright
+        assert theirs(stored).size == (600, 400)  # as stored
+    with Image.open(cases["rgba.png"]) as rgba:
+        transparent = rgba.copy()
+    transparent.putpixel((0, 0), (10, 20, 30, 0))
+    assert ours(transparent).getpixel((0, 0)) == (255, 255, 255)  # composited over white
+    assert theirs(transparent).getpixel((0, 0)) == (10, 20, 30)  # alpha dropped
+    with Image.open(cases["below.png"]) as small:
+        assert np.array_equal(np.asarray(ours(small)), np.asarray(theirs(small)))  # nothing else to do
+
+
+def test_a_koniq_sized_photo_reaches_the_official_model_as_336_visual_tokens(tmp_path):
+    """The issue's example: 1024 x 768 gives 336 visual tokens through the official pipeline, 494 through realqa's."""
+    path = _save(tmp_path, "koniq.jpg", _noise((1024, 768)), quality=90)
+    processor = load_image_processor_for_test()
+    tokens = {}
+    for name in PROFILES:
+        example = ExampleBuilder(processor, image_token_id=7, preprocessing=name).build(str(path), "koniq", [7])
+        tokens[name] = len(example.input_ids)
+    assert tokens == {"llamafactory": 336, "realqa": 494}
+
+
+def test_unknown_profile_is_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match="llamafactory.*realqa|realqa.*llamafactory"):
+        profile("bicubic-please")
