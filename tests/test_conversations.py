@@ -130,3 +130,12 @@ def test_conversation_files_are_told_apart_from_manifests(files, tmp_path):
     manifest.write_text(json.dumps({"path": "a.jpg"}) + "\n")
     assert is_conversation_file(plain) and is_conversation_file(cot)
     assert not is_conversation_file(manifest) and not is_conversation_file(tmp_path / "missing.json")
+
+
+def test_score_points_a_conversation_file_to_bench_instead_of_scoring_it_as_an_image(files, capsys):
+    from realqa.cli import main as cli
+
+    plain, _ = files
+    assert cli(["score", str(plain), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "koniq_test.json is a LLaMA-Factory conversation file" in err and "bench --conversations" in err

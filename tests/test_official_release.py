@@ -142,7 +142,6 @@ def test_the_adapter_and_the_official_preprocessing_both_change_the_answers(rele
     """Guards the test above against equal-because-nothing-happened: without the adapter, or with
     realqa's own preprocessing, the digit probabilities differ."""
     from realqa.conversations import read_conversations
-    from realqa.data.bench import score_conversations
     from realqa.engine import load_scorer
 
     base, adapter, test_file, media, _ = release
@@ -152,7 +151,7 @@ def test_the_adapter_and_the_official_preprocessing_both_change_the_answers(rele
                           "realqa profile": {"adapter": str(adapter), "preprocessing": "realqa"}}.items():
         scorer = load_scorer(str(base), device="cpu", dtype="fp32", **SMALL_PIXELS, **options)
         assert scorer.examples.profile.name == options.get("preprocessing", "llamafactory")
-        ncm[name] = [r.ncm for r in score_conversations(scorer, conversations)]
+        ncm[name] = [r.ncm for r in scorer.score_conversations(conversations)]
     assert ncm["release"] != ncm["no adapter"]
     assert ncm["release"] != ncm["realqa profile"]
 

@@ -5,6 +5,7 @@
     >>> [r.score for r in scorer.score(["a.jpg", "b.jpg"], task="quality")]     # doctest: +SKIP
 """
 
+from .conversations import read_conversations
 from .engine import Scorer, load_scorer
 from .metrics import Evaluation, evaluate, krcc, plcc, plcc_logistic, rmse, srcc
 from .results import ScoreResult
@@ -20,6 +21,7 @@ __all__ = [
     "evaluate",
     "krcc",
     "load_scorer",
+    "read_conversations",
     "plcc",
     "plcc_logistic",
     "rmse",

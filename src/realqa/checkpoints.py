@@ -145,6 +145,11 @@ def _first(keys, count: int = _SHOWN) -> str:
     return shown + (f", ... ({len(keys) - count} more)" if len(keys) > count else "")
 
 
+def _problems(*groups: tuple[str, list]) -> list[str]:
+    """"N <what>: first keys" for each non-empty group, for one error message."""
+    return [f"{len(keys)} {what}: {_first(keys)}" for what, keys in groups if keys]
+
+
 def _split_saved_key(key: str) -> tuple[str, str, bool] | None:
     """``(module path, rest, is_lora)`` of a saved PEFT key, or None when it lacks peft's prefix."""
     if not key.startswith(_SAVED_PREFIX):
@@ -268,13 +273,8 @@ def load_adapter(network, adapter: str | Path, *, merge: bool):
     extra = [key for key in mapped if key not in expected]
     wrong = [f"{key}: file {tuple(mapped[key].shape)} vs model {tuple(value.shape)}"
              for key, value in expected.items() if key in mapped and mapped[key].shape != value.shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} adapter parameters get no tensor from the file: {_first(missing)}")
-    if extra:
-        problems.append(f"{len(extra)} file tensors have no adapter parameter: {_first(extra)}")
-    if wrong:
-        problems.append(f"{len(wrong)} tensors have the wrong shape: {_first(wrong)}")
+    problems = _problems(("adapter parameters get no tensor from the file", missing),
+                         ("file tensors have no adapter parameter", extra), ("tensors have the wrong shape", wrong))
     if problems:
         raise ValueError(f"{name}: the adapter does not fit this {model_kind} "
                          f"({len(expected)} adapter parameters, {len(weights)} file tensors): " + "; ".join(problems))
@@ -308,15 +308,9 @@ def check_loading_info(network, info: dict, name: str) -> None:
     unexpected = sorted(info.get("unexpected_keys") or ())
     mismatched = sorted(info.get("mismatched_keys") or ())
     errors = list(info.get("error_msgs") or ())
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} weights missing from the checkpoint: {_first(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} checkpoint weights the model does not have: {_first(unexpected)}")
-    if mismatched:
-        shown = [f"{key}: checkpoint {tuple(saved)} vs model {tuple(wanted)}" for key, saved, wanted in mismatched]
-        problems.append(f"{len(mismatched)} weights with the wrong shape: {_first(shown)}")
-    if errors:
-        problems.append(f"{len(errors)} loading errors: {_first(errors, 3)}")
+    shown = [f"{key}: checkpoint {tuple(saved)} vs model {tuple(wanted)}" for key, saved, wanted in mismatched]
+    problems = _problems(("weights missing from the checkpoint", missing),
+                         ("checkpoint weights the model does not have", unexpected),
+                         ("weights with the wrong shape", shown), ("loading errors", errors))
     if problems:
         raise ValueError(f"{name}: the checkpoint does not fit {type(network).__name__}: " + "; ".join(problems))

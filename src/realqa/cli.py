@@ -92,6 +92,14 @@ def _score(args) -> int:
     from .results import STATUS_ERROR
     from .runs import score_run
 
+    from .conversations import is_conversation_file
+
+    conversation_files = [p for p in args.paths if is_conversation_file(p)]
+    if conversation_files:
+        raise ValueError(f"{conversation_files[0]} is a LLaMA-Factory conversation file, not images: `realqa bench "
+                         "--conversations FILE --media-dir DIR` scores each example with its own question (one "
+                         "prediction row each); `realqa data card FILE --out DIR` then `--card DIR` asks its question "
+                         "of any images")
     inputs = collect_inputs(args.paths)
     if not inputs:
         raise ValueError("no inputs found in " + ", ".join(args.paths))

@@ -30,6 +30,7 @@ import torch
 
 from .batching import Example, ExampleBuilder, accepts_token_types, collate
 from .chat import DEFAULT_COT_FORM, read_cot_attributes, render_prompt
+from .conversations import Conversation, question_groups
 from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError
 from .model import ScoringModel, load_model, uncarded_note
 from .prefetch import prepare_examples
@@ -165,6 +166,19 @@ class Scorer:
         questions = [Question(self.task(name)) for name in tasks]
         return [{q.task.name: r for q, r in zip(questions, answers)}
                 for answers in self.iter_questions(images, questions, batch_size=batch_size)]
+
+    def score_conversations(self, conversations: Sequence[Conversation], *,
+                            batch_size: int | None = None) -> list[ScoreResult]:
+        """Each conversation's result, in order, asked its own question verbatim (see
+        :func:`realqa.conversations.read_conversations`); those asked the same way batch together."""
+        results: list = [None] * len(conversations)
+        for group in question_groups(list(conversations)):
+            first = conversations[group[0]]
+            paths = [conversations[i].image_path for i in group]
+            asked = [Question(first.task, cot=first.cot)]
+            for position, answers in zip(group, self.iter_questions(paths, asked, batch_size=batch_size)):
+                results[position] = answers[0]
+        return results
 
     def iter_questions(self, images: Iterable[ImageInput], questions: Sequence[Question], *,
                        batch_size: int | None = None) -> Iterator[list[ScoreResult]]:

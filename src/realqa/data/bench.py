@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
-from ..conversations import Conversation, question_groups, read_conversations
+from ..conversations import read_conversations
 from ..metrics import evaluate, rmse
 from ..numeric import PARSE_NO_SCORE, PARSE_OK, PARSE_OUT_OF_RANGE
 from ..results import STATUS_ERROR
@@ -236,23 +236,6 @@ def _native(score, to_native):
 # ---------------------------------------------------------------- LLaMA-Factory conversation files
 
 
-def score_conversations(scorer, conversations: Sequence[Conversation], *, batch_size: int | None = None):
-    """Each conversation's result, in file order, asked its own question verbatim.
-
-    Conversations asked exactly the same way (question, answer form, system turn) batch together.
-    """
-    from ..engine import Question
-
-    results = [None] * len(conversations)
-    for group in question_groups(list(conversations)):
-        first = conversations[group[0]]
-        paths = [conversations[i].image_path for i in group]
-        for position, answers in zip(group, scorer.iter_questions(paths, [Question(first.task, cot=first.cot)],
-                                                                  batch_size=batch_size)):
-            results[position] = answers[0]
-    return results
-
-
 def run_conversation_bench(
     scorer,
     files: Sequence[str | os.PathLike],
@@ -278,7 +261,7 @@ def run_conversation_bench(
         tasks = list(dict.fromkeys(c.task.name for c in conversations if c.task.is_score))
         for task in tasks:
             chosen = [c for c in conversations if c.task.name == task]
-            results = score_conversations(scorer, chosen, batch_size=batch_size)
+            results = scorer.score_conversations(chosen, batch_size=batch_size)
             labelled = [_Labelled(str(c.index), c.label, c.label) for c in chosen]
             stem = name if len(tasks) == 1 else f"{name}.{task}"
             rows.append(_bench_row(name, task, "test", labelled, results, out_dir / f"{stem}.predictions.csv",
