@@ -36,7 +36,8 @@ test-compat:
 	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
 	$(COMPAT_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(COMPAT_VENV)/bin/python -m pip install --quiet -e ".[test,all]" "$(COMPAT_TRANSFORMERS)"
-	$(COMPAT_VENV)/bin/python -m pytest -q tests/test_engine.py tests/test_train.py tests/test_end_to_end.py
+	$(COMPAT_VENV)/bin/python -m pytest -q tests/test_engine.py tests/test_train.py tests/test_end_to_end.py \
+		tests/test_checkpoints.py tests/test_official_release.py tests/test_train_conversations.py
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) demo-out
