@@ -33,8 +33,8 @@ ASSISTANT_ROLES = ("assistant", "gpt")
 SYSTEM_ROLES = ("system",)
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
-# A chain-of-thought answer ends with its score in angle brackets.
-_BRACKETED = re.compile(r"<\s*" + _NUMBER + r"\s*>")
+# A chain-of-thought answer gives its score in angle brackets (the official reading takes the first).
+BRACKETED_SCORE = re.compile(r"<\s*" + _NUMBER + r"\s*>")
 # "The quality score of this image is 3.47." / "The exposure of this image is 2.5."
 _NAMED = re.compile(r"(?i)\bthe\s+([a-z][a-z _-]*?)(?:\s+score)?\s+of\s+(?:this|the)\s+image\s+is\s*<?\s*" + _NUMBER)
 # "The exposure of this image is dark." (a categorical attribute: a word, not a number)
@@ -183,7 +183,7 @@ def read_answer(question: str, answer: str) -> dict:
     - the name comes from the answer ("The composition score of this image is" -> ``composition``);
     - "The exposure of this image is dark." is a categorical answer.
     """
-    bracketed = _BRACKETED.search(answer)
+    bracketed = BRACKETED_SCORE.search(answer)
     named = list(_NAMED.finditer(answer))
     if bracketed is None and not named:
         word = _WORD.search(answer)

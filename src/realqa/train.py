@@ -27,6 +27,7 @@ import torch
 
 from .batching import IGNORE_INDEX, Example, ExampleBuilder, accepts_token_types, collate
 from .chat import cot_answer, render_prompt
+from .conversations import BRACKETED_SCORE
 from .data.attributes import AttributeSpec
 from .media import MediaError
 from .model import MAX_PIXELS, MIN_PIXELS, ModelCard, ScoringModel, load_model
@@ -412,7 +413,6 @@ class AnswerEncoder:
 
 
 _WRITTEN_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_BRACKETED_NUMBER = re.compile(r"<\s*(\d+(?:\.\d+)?)\s*>")
 
 
 def score_span(task: Task, answer: str, number: str, cot: bool) -> tuple[int, int]:
@@ -420,7 +420,7 @@ def score_span(task: Task, answer: str, number: str, cot: bool) -> tuple[int, in
     number in angle brackets of a chain-of-thought answer (where RealQA's evaluation reads it), the
     number right after the answer prefix of a plain one."""
     if cot:
-        match = _BRACKETED_NUMBER.search(answer)
+        match = BRACKETED_SCORE.search(answer)
         span = match.span(1) if match else None
     else:
         match = _WRITTEN_NUMBER.match(answer, len(task.answer_prefix)) if answer.startswith(task.answer_prefix) else None
