@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
+from conftest import SMALL_PIXELS
 from realqa import data
-from realqa.data.bench import run_bench
+from realqa.bench import run_bench
 from realqa.metrics import evaluate
 from realqa.results import ScoreResult
-from conftest import SMALL_PIXELS
 from test_data_support import cli, koniq_csv, write_image, write_text
 
 MOS = [10.0, 25.0, 40.0, 55.0, 70.0, 85.0]
@@ -25,7 +25,9 @@ def six_images(tmp_path):
     labels = write_text(tmp_path / "six.csv", "\n".join(lines) + "\n")
     rng = np.random.default_rng(0)
     for i in range(len(MOS)):
-        write_image(tmp_path / "imgs" / f"img{i}.png", size=(48, 40), color=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        write_image(
+            tmp_path / "imgs" / f"img{i}.png", size=(48, 40), color=tuple(int(c) for c in rng.integers(0, 255, 3))
+        )
     return data.load("generic", tmp_path, labels=labels, image_column="path", score_columns="quality=mos",
                      native_range="0,100")
 
@@ -37,7 +39,7 @@ class StubScorer:
         self.scores = scores
         self.calls = []
 
-    def iter_scores(self, paths, task, *, decimals=None, batch_size=None):
+    def iter_scores(self, paths, task, *, decimals=None, batch_size=None, cot=False, attributes=False):
         self.calls.append((task, len(paths)))
         for path in paths:
             index = int(path[-5])

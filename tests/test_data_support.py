@@ -35,7 +35,7 @@ def koniq_csv(rows: list[tuple[str, float, str]]) -> str:
 
 def cli(*argv: str) -> int:
     """Run the data/bench commands through a parser built like the main CLI's."""
-    from realqa.data.commands import add_commands
+    from realqa.cli.data import add_commands
 
     parser = argparse.ArgumentParser(prog="realqa")
     add_commands(parser.add_subparsers(dest="command", required=True))

@@ -1,4 +1,4 @@
-"""Video scoring: frame sampling with PyAV (generated clips and the shared real ones), per-frame and
+"""Video scoring: frame sampling with PyAV (generated clips, and the shared real ones when present), per-frame and
 whole-video scoring, the Qwen2-VL video layout, bad files, and video datasets in the bench."""
 
 from __future__ import annotations
@@ -7,21 +7,30 @@ import csv
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import SMALL_PIXELS
 from realqa import data
-from realqa.data.bench import run_bench
+from realqa.bench import run_bench
 from realqa.engine import load_scorer
+from realqa.job import VideoOptions
 from realqa.media import MediaError
 from realqa.model import build_tiny_model
 from realqa.results import ScoreResult
-from realqa.video import (FrameSampling, FrameWriter, is_video, iter_with_videos, sample_frames, score_video,
-                          video_inputs)
-from conftest import SMALL_PIXELS
+from realqa.video import (
+    FrameSampling,
+    FrameWriter,
+    is_video,
+    iter_with_videos,
+    sample_frames,
+    score_video,
+    video_inputs,
+)
+
+av = pytest.importorskip("av")  # the 'video' extra
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
 REAL_CLIPS = sorted(VIDEOS.glob("*.mp4")) if VIDEOS.is_dir() else []
@@ -226,18 +235,39 @@ def test_video_mode_on_qwen2_5_vl(tmp_path):
 # ---------------------------------------------------------------- real clips and datasets
 
 
-@pytest.mark.skipif(not REAL_CLIPS, reason="../shared/data/videos is absent")
-def test_real_clips(tiny_scorer):
-    good = [clip for clip in REAL_CLIPS if clip.stat().st_size > 0]
+def write_clips(folder: Path) -> list[Path]:
+    """Ten-second textured clips (a moving pattern over noise, two sizes and codecs) and an empty file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    for name, codec, (width, height) in [("moving.mp4", "mpeg4", (96, 64)), ("tall.mp4", "h264", (64, 112))]:
+        y, x = np.mgrid[0:height, 0:width]
+        with av.open(str(folder / name), "w") as out:
+            stream = out.add_stream(codec, rate=10)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for i in range(100):
+                pattern = 128 + 90 * np.sin((x + 2 * i) / 6.0) * np.cos((y - i) / 9.0)
+                picture = np.clip(pattern[..., None] + rng.normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
+                frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, 10)
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode())
+    (folder / "empty.mp4").write_bytes(b"")
+    return sorted(folder.glob("*.mp4"))
+
+
+def test_clips(tiny_scorer, tmp_path):
+    """Clips made here, and the shared real ones when present."""
+    clips = write_clips(tmp_path / "clips") + REAL_CLIPS
+    good = [clip for clip in clips if clip.stat().st_size > 0]
     assert len(good) >= 2
     for clip in good:
         frames, duration = sample_frames(clip)
         assert len(frames) == 8 and 9 < duration < 11 and np.asarray(frames[4].image).std() > 5
-    rows = list(iter_with_videos(tiny_scorer, [str(c) for c in REAL_CLIPS], video={"sampling": FrameSampling(4)}))
-    assert [r.path for r in rows] == [str(c) for c in REAL_CLIPS]
-    for clip, row in zip(REAL_CLIPS, rows):
+    rows = list(iter_with_videos(tiny_scorer, [str(c) for c in clips], video={"sampling": FrameSampling(4)}))
+    assert [r.path for r in rows] == [str(c) for c in clips]
+    for clip, row in zip(clips, rows):
         assert (row.status == "error") == (clip.name == "empty.mp4")
-    assert "file is empty (0 bytes)" in rows[[c.name for c in REAL_CLIPS].index("empty.mp4")].error
+    assert "file is empty (0 bytes)" in rows[[c.name for c in clips].index("empty.mp4")].error
 
 
 def test_bench_scores_a_video_dataset_through_its_adapter(tmp_path):
@@ -250,7 +280,7 @@ def test_bench_scores_a_video_dataset_through_its_adapter(tmp_path):
     (tmp_path / "konvid1k_labels.txt").write_text("\n".join(lines) + "\n")
     dataset = data.load("konvid1k", tmp_path)
     table = run_bench(BrightnessScorer(), [("konvid1k", dataset)], tmp_path / "bench",
-                      video={"sampling": FrameSampling(frames=2)})
+                      video=VideoOptions(frames=2))
     row = table.rows[0]
     assert (row.rows, row.evaluated, row.errors, row.srcc) == (3, 3, 0, pytest.approx(1.0))
     with open(tmp_path / "bench" / "konvid1k.frames.csv", newline="") as handle:

@@ -123,6 +123,8 @@ class ResultWriter:
 
 
 def _check_suffix(path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; the output is a file ending in .csv or .jsonl (e.g. {path / 'scores.csv'})")
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"{path}: output must end in .csv or .jsonl")
 

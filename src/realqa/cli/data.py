@@ -1,4 +1,4 @@
-"""Command line: ``realqa data list | prepare | synth | export-llamafactory | import-llamafactory`` and ``realqa bench``.
+"""Command line: ``realqa data list | prepare | card | synth | export-llamafactory | import-llamafactory`` and ``realqa bench``.
 
 :func:`add_commands` adds both commands to the main parser's subparsers; each sets ``run`` to a
 function ``(args) -> exit code``. Errors are raised as ValueError/OSError for the main CLI to print.
@@ -10,9 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import export_sharegpt, get_adapter, import_sharegpt, names, prepare, read_manifest, write_manifest
-from .adapter import SPLIT_STRATEGIES
-from .problems import DataError
+from ..data import export_sharegpt, get_adapter, import_sharegpt, names, prepare, read_manifest, write_manifest
+from ..data.adapter import SPLIT_STRATEGIES
+from ..data.problems import DataError
+from .options import add_model_arguments, model_options
 
 
 def add_commands(subparsers) -> None:
@@ -89,10 +90,7 @@ def add_commands(subparsers) -> None:
     bench.add_argument("--decimals", type=int, help="decimals in the answer (default: the model card's)")
     bench.add_argument("--limit", type=int, help="score only the first N images of each dataset (smoke runs)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
-    from ..commands import add_scorer_arguments, add_throughput_arguments
-
-    add_scorer_arguments(bench)
-    add_throughput_arguments(bench)
+    add_model_arguments(bench)
     bench.set_defaults(run=_bench)
 
 
@@ -190,7 +188,7 @@ def _card(args) -> int:
 
 
 def _synth(args) -> int:
-    from .synth import synthesize
+    from ..data.synth import synthesize
 
     dataset, paths = synthesize(args.photos, args.out, seed=args.seed, test_fraction=args.test_fraction,
                                 types=args.types, levels=args.levels, views=args.views, variants=args.variants,
@@ -206,12 +204,11 @@ def _synth(args) -> int:
 
 
 def _bench(args) -> int:
-    from ..commands import load_scorer_from_args
-    from .bench import run_bench, run_conversation_bench
+    from ..bench import run_bench, run_conversation_bench
 
     datasets = [] if args.conversations else [(entry.strip(), _bench_dataset(entry.strip(), args))
                                               for entry in args.datasets.split(",") if entry.strip()]
-    scorer = load_scorer_from_args(args)
+    scorer = model_options(args).load(own_questions=bool(args.conversations))
     model = Path(args.adapter or scorer.loaded.name).name
     if args.conversations:
         table = run_conversation_bench(scorer, args.conversations, args.out, media_dir=args.media_dir,

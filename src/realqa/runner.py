@@ -1,112 +1,79 @@
-"""``realqa score`` runs: inputs -> one results file, resumable, on one process, many ranks or Ray.
+"""The runner: a :class:`~realqa.job.ScoreJob` -> one row per input, in input order, resumable.
 
-- One process: results are appended to ``--out`` in input order as they arrive (one flushed write
-  per row), so a killed run loses at most the rows in flight; rerunning the same command skips the
+- One process: results are appended to the job's ``out`` in input order as they arrive (one flushed
+  write per row), so a killed run loses at most the rows in flight; rerunning the same job skips the
   inputs already in the file (:class:`realqa.results.ResumableOutput`).
 - ``torchrun`` / ``accelerate launch``: the inputs not yet done are shared out across the ranks
-  (:func:`score_distributed`); rank 0 merges the ranks' parts into ``--out`` in input order.
-- ``--backend ray``: :mod:`realqa.ray_backend` maps scorer actors over the inputs not yet done, on
-  a Ray cluster; the driver appends their rows to ``--out`` in input order.
+  (:func:`score_distributed`); rank 0 merges the ranks' parts into ``out`` in input order.
+- ``backend="ray"``: :mod:`realqa.ray_backend` maps scorer actors over the inputs not yet done, on
+  a Ray cluster; the driver appends their rows to ``out`` in input order.
+
+Before any file is created the job's settings are checked against an existing ``out`` and the
+model is loaded and asked whether it knows the task and decimals, so a refused run leaves nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .job import ScoreJob, iter_rows
 from .results import ResumableOutput, ScoreResult
 
-__all__ = ["run_settings", "score_run"]
+__all__ = ["run"]
 
 
-def run_settings(args: argparse.Namespace) -> dict:
-    """What decides a result row's content, recorded beside ``--out`` so a resume cannot mix two
-    settings in one file. (Batch size, workers, device and backend change only the speed.)"""
-    from .model import _resolve_dtype, default_device
-
-    device = args.device or default_device()
-    return {
-        "model": _identity(args.model) if args.model else "(the default model)",
-        "adapter": _identity(args.adapter) if args.adapter else None,
-        "task": args.task,
-        "decimals": args.decimals,
-        "attributes": bool(args.attributes),
-        "cot": bool(args.cot),
-        "dtype": str(_resolve_dtype(args.dtype, device)).removeprefix("torch."),
-        "quantize": getattr(args, "quantize", None),
-        "card": _identity(args.card) if getattr(args, "card", None) else None,
-        "preprocessing": getattr(args, "preprocessing", None) or _card_preprocessing(args),
-        "min_pixels": args.min_pixels,
-        "max_pixels": args.max_pixels,
-        "video_mode": args.video_mode,
-        "frames": args.frames,
-        "fps": args.fps,
-    }
-
-
-def _card_preprocessing(args: argparse.Namespace) -> str:
-    """The preprocessing profile the model's card names (that of an uncarded checkpoint without one)."""
-    from .model import find_card
-    from .models import demo_model_path
-
-    card, _ = find_card(args.model or demo_model_path(), args.adapter, getattr(args, "card", None))
-    return card.preprocessing
-
-
-def _identity(model: str) -> str:
-    """A local folder by its absolute path (the same folder named two ways is one model); a hub id as given."""
-    return str(Path(model).resolve()) if os.path.exists(model) else model
-
-
-def score_run(args: argparse.Namespace, inputs: Sequence[str], *, log: Callable[[str], None]) -> list[ScoreResult] | None:
-    """Score ``inputs`` as the ``realqa score`` options say; every input's result, in input order.
+def run(job: ScoreJob, *, log: Callable[[str], None]) -> list[ScoreResult] | None:
+    """Score ``job.inputs``; every input's result, in input order.
 
     Under ``torchrun`` only rank 0 returns them (the other ranks return None).
     """
+    if not job.inputs:
+        raise ValueError("no inputs to score")
+    job.check()  # an unknown task or impossible decimals: refused before any file exists
     ranks = Ranks.from_env()
-    ray = getattr(args, "backend", "local") == "ray"
+    ray = job.backend == "ray"
     if ranks is not None:
         if ray:
             raise ValueError("--backend ray runs its own workers; start it once, not under torchrun")
-        return score_distributed(args, inputs, ranks, log=log)
-    if args.out is not None and part_files(Path(args.out)):  # a killed distributed run: reuse its parts too
-        return score_distributed(args, inputs, Ranks(0, 1, 0), log=log)
+        return score_distributed(job, ranks, log=log)
+    if job.out is not None and part_files(Path(job.out)):  # a killed distributed run: reuse its parts too
+        return score_distributed(job, Ranks(0, 1, 0), log=log)
+    inputs = list(job.inputs)
     output, done = None, []
-    if args.out is not None:
-        output = ResumableOutput(args.out, run_settings(args))
-        if args.overwrite:
+    if job.out is not None:
+        output = ResumableOutput(job.out, job.settings())
+        if job.overwrite:
             output.remove()
-            _frames_file(args.out).unlink(missing_ok=True)
+            _frames_file(job.out).unlink(missing_ok=True)
         output.check()
         done = output.completed(inputs)
         if done:
-            log(f"resuming {args.out}: {len(done)} of {len(inputs)} inputs were already scored")
+            log(f"resuming {job.out}: {len(done)} of {len(inputs)} inputs were already scored")
     if ray:
         from .ray_backend import score_with_ray
 
-        return done + score_with_ray(args, inputs, done, output, log=log)
-    return done + _score_rows(args, list(inputs[len(done):]), done, output, log=log)
+        return done + score_with_ray(job, done, output, log=log)
+    return done + _score_rows(job, inputs[len(done):], done, output)
 
 
-def _score_rows(args, remaining: list[str], done: list[ScoreResult], output: ResumableOutput | None, *,
-                log: Callable[[str], None]) -> list[ScoreResult]:
+def _score_rows(job: ScoreJob, remaining: list[str], done: list[ScoreResult],
+                output: ResumableOutput | None) -> list[ScoreResult]:
     """Score ``remaining`` in this process, appending each row to ``output`` as it comes."""
     if not remaining:
         return []
-    from .commands import load_scorer_from_args, score_inputs
     from .video import FrameWriter, is_video
 
-    scorer = load_scorer_from_args(args)
-    writer = output.writer(_attribute_names(scorer, args)) if output else None
+    scorer = job.model.load()
+    writer = output.writer(job.check()) if output else None
     frames = None
     if output is not None and any(map(is_video, remaining)):
         frames = FrameWriter(_frames_file(output.path), keep=[r.path for r in done if is_video(r.path)])
     results = []
     try:
-        for result in score_inputs(scorer, args, remaining, frames, shown=True, done=len(done)):
+        for result in iter_rows(scorer, job, remaining, on_video=frames.write if frames else None, done=len(done)):
             results.append(result)
             if writer:
                 writer.write(result)
@@ -115,10 +82,6 @@ def _score_rows(args, remaining: list[str], done: list[ScoreResult], output: Res
             if file:
                 file.close()
     return results
-
-
-def _attribute_names(scorer, args) -> list[str]:
-    return [a.name for a in scorer.attributes] if (args.attributes or args.cot) else []
 
 
 def _frames_file(out: str | os.PathLike) -> Path:
@@ -149,7 +112,7 @@ def part_files(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f"{out.name}.part-*.jsonl"))
 
 
-def score_distributed(args, inputs: Sequence[str], ranks: Ranks, *, log: Callable[[str], None]) -> list[ScoreResult] | None:
+def score_distributed(job: ScoreJob, ranks: Ranks, *, log: Callable[[str], None]) -> list[ScoreResult] | None:
     """Each rank scores its share of the inputs not yet done into ``OUT.part-RANK.jsonl`` (rows with
     their input index, appended as they come); then rank 0 appends them to ``--out`` in input order
     and removes the parts. Killed anywhere, a rerun (with any number of ranks) reuses every whole row
@@ -159,17 +122,21 @@ def score_distributed(args, inputs: Sequence[str], ranks: Ranks, *, log: Callabl
     import torch
     import torch.distributed as dist
 
-    if args.out is None:
+    if job.out is None:
         raise ValueError("a distributed run (torchrun / accelerate launch) needs --out: the ranks' rows merge into it")
+    from dataclasses import replace
+
     from .video import is_video
 
+    inputs = list(job.inputs)
     group = ranks.world > 1  # else one process finishing a killed distributed run
+    device = job.model.device
     if group:
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if device.startswith("cuda"):
             device = f"cuda:{ranks.local_rank}"  # every rank its own GPU
             torch.cuda.set_device(ranks.local_rank)
-        args.device = device
+        job = replace(job, model=replace(job.model, device=device))
         if not dist.is_initialized():
             # Long timeout: ranks wait at the final barrier while the slowest finishes its share.
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
@@ -178,7 +145,7 @@ def score_distributed(args, inputs: Sequence[str], ranks: Ranks, *, log: Callabl
         plan: list = [None]
         if ranks.rank == 0:
             try:
-                plan[0] = _plan(args, inputs, log)
+                plan[0] = _plan(job, inputs, log)
             except (ValueError, OSError) as err:
                 plan[0] = err
         if group:
@@ -192,12 +159,10 @@ def score_distributed(args, inputs: Sequence[str], ranks: Ranks, *, log: Callabl
         if ranks.rank == 0 and any(is_video(inputs[i]) for i in remaining):
             log("note: a distributed run writes no per-frame side file for videos; each clip's row has its mean")
         if share:
-            from .commands import load_scorer_from_args, score_inputs
-
-            scorer = load_scorer_from_args(args)
-            part = Path(args.out).with_name(f"{Path(args.out).name}.part-{ranks.rank}.jsonl")
+            scorer = job.model.load()
+            part = Path(job.out).with_name(f"{Path(job.out).name}.part-{ranks.rank}.jsonl")
             with open(part, "a", encoding="utf-8") as f:
-                rows = score_inputs(scorer, args, [inputs[i] for i in share], None, shown=ranks.rank == 0)
+                rows = iter_rows(scorer, job, [inputs[i] for i in share], shown=ranks.rank == 0)
                 for index, result in zip(share, rows):
                     f.write(json.dumps({"index": index, **result.to_row()}, ensure_ascii=False) + "\n")
                     f.flush()
@@ -205,16 +170,16 @@ def score_distributed(args, inputs: Sequence[str], ranks: Ranks, *, log: Callabl
             dist.barrier()
         if ranks.rank != 0:
             return None
-        return _merge(args, inputs)
+        return _merge(job, inputs)
     finally:
         if group:
             dist.destroy_process_group()
 
 
-def _plan(args, inputs: Sequence[str], log) -> list[int]:
+def _plan(job: ScoreJob, inputs: Sequence[str], log) -> list[int]:
     """Rank 0: check and repair ``--out`` and the parts; the indices of the inputs left to score."""
-    output = ResumableOutput(args.out, run_settings(args))
-    if args.overwrite:
+    output = ResumableOutput(job.out, job.settings())
+    if job.overwrite:
         output.remove()
         for part in part_files(output.path):
             part.unlink()
@@ -226,7 +191,7 @@ def _plan(args, inputs: Sequence[str], log) -> list[int]:
     output.begin()  # --out and its run file exist from now on: the parts are made with these settings
     remaining = [i for i in range(len(done), len(inputs)) if i not in parted]
     if done or parted:
-        log(f"resuming {args.out}: {len(done) + len([i for i in parted if i >= len(done)])} of {len(inputs)} inputs "
+        log(f"resuming {job.out}: {len(done) + len([i for i in parted if i >= len(done)])} of {len(inputs)} inputs "
             "were already scored")
     return remaining
 
@@ -245,9 +210,9 @@ def _part_rows(out: Path, inputs: Sequence[str], *, repair: bool = False) -> dic
     return rows
 
 
-def _merge(args, inputs: Sequence[str]) -> list[ScoreResult]:
+def _merge(job: ScoreJob, inputs: Sequence[str]) -> list[ScoreResult]:
     """Rank 0: the parts' rows into ``--out`` in input order, then the parts go."""
-    output = ResumableOutput(args.out, run_settings(args))
+    output = ResumableOutput(job.out, job.settings())
     done = output.completed(inputs)  # a merge killed half way left more rows here: they stay
     parted = _part_rows(output.path, inputs)
     missing = [inputs[i] for i in range(len(done), len(inputs)) if i not in parted]

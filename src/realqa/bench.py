@@ -8,6 +8,7 @@ given on both scales). The table, in the paper's form, is printed and written as
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -16,12 +17,14 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
-from ..conversations import read_conversations
-from ..metrics import evaluate, rmse
-from ..numeric import PARSE_NO_SCORE, PARSE_OK, PARSE_OUT_OF_RANGE
-from ..results import STATUS_ERROR
-from .manifest import read_manifest
-from .records import ALL, TEST, Dataset
+from .conversations import read_conversations
+from .job import ScoreJob, TaskOptions, VideoOptions, iter_rows
+from .metrics import evaluate, rmse
+from .numeric import PARSE_NO_SCORE, PARSE_OK, PARSE_OUT_OF_RANGE
+from .results import STATUS_ERROR
+from .data.manifest import read_manifest
+from .data.records import ALL, TEST, Dataset
+from .video import FrameWriter
 
 PREDICTION_FIELDS = ("id", "image", "label", "label_native", "score", "score_native", "ncm", "status", "text", "error")
 
@@ -112,18 +115,17 @@ def run_bench(
     *,
     split: str | None = None,
     decimals: int | None = None,
-    batch_size: int | None = None,
     limit: int | None = None,
     model: str = "model",
     progress: bool = False,
-    video: dict | None = None,
+    video: VideoOptions | None = None,
 ) -> BenchTable:
     """Score each dataset's evaluated split with ``scorer`` and return (and write) the table.
 
     ``datasets``: (name, Dataset or manifest path). ``split``: the split to score (default
     ``test``, else ``all``). ``limit``: score only the first N samples (smoke runs).
-    Video datasets are scored by :func:`realqa.video.score_video` with the ``video`` options
-    (``mode``, ``sampling``); their frames are listed in ``<dataset>.frames.csv``.
+    Every input goes through the runner's loop (:func:`realqa.job.iter_rows`): video datasets as
+    ``video`` says (default: 8 frames, averaged); their frames are listed in ``<dataset>.frames.csv``.
     """
     out_dir = Path(out_dir)
     chosen = [(name, _evaluated_split(name, _as_dataset(source), split)) for name, source in datasets]
@@ -135,7 +137,7 @@ def run_bench(
         if limit is not None:
             dataset = replace(dataset, samples=dataset.samples[:limit])
         for task in dataset.tasks:
-            rows.append(_score_dataset(scorer, name, dataset, task, out_dir, decimals, batch_size, progress, video))
+            rows.append(_score_dataset(scorer, name, dataset, task, out_dir, decimals, progress, video))
     table = BenchTable(rows, model)
     table.write(out_dir)
     return table
@@ -163,25 +165,20 @@ def _evaluated_split(name: str, dataset: Dataset, split: str | None) -> Dataset:
     return dataset.subset(split)
 
 
-def _score_dataset(scorer, name, dataset: Dataset, task, out_dir: Path, decimals, batch_size, progress,
-                   video) -> BenchRow:
+def _score_dataset(scorer, name, dataset: Dataset, task, out_dir: Path, decimals, progress,
+                   video: VideoOptions | None) -> BenchRow:
+    """One dataset and task through the runner's loop (images and videos alike), then its table row."""
     samples = [s for s in dataset.samples if task in s.scores]
     paths = [str(dataset.image_path(s)) for s in samples]
     stem = name if len(dataset.tasks) == 1 else f"{name}.{task}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if dataset.media == "video":
-        results = _video_results(scorer, paths, task, out_dir / f"{stem}.frames.csv",
-                                 dict(video or {}, decimals=decimals, batch_size=batch_size))
-    else:
-        results = scorer.iter_scores(paths, task, decimals=decimals, batch_size=batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        unit = "video" if dataset.media == "video" else "img"
-        results = tqdm(results, total=len(paths), desc=f"{name} {task}", unit=unit, file=sys.stderr)
+    job = ScoreJob(tuple(paths), ask=TaskOptions(task, decimals), video=video or VideoOptions(), progress=progress)
     labelled = [_Labelled(s.id, s.scores[task], s.native[task]) for s in samples]
-    return _bench_row(name, task, samples[0].split if samples else "", labelled, results,
-                      out_dir / f"{stem}.predictions.csv", lambda value: dataset.to_native(value, task))
+    with contextlib.ExitStack() as files:
+        frames = files.enter_context(FrameWriter(out_dir / f"{stem}.frames.csv")) if dataset.media == "video" else None
+        results = iter_rows(scorer, job, paths, on_video=frames.write if frames else None)
+        return _bench_row(name, task, samples[0].split if samples else "", labelled, results,
+                          out_dir / f"{stem}.predictions.csv", lambda value: dataset.to_native(value, task))
 
 
 @dataclass(frozen=True)
@@ -197,7 +194,7 @@ def _bench_row(name: str, task: str, split: str, labelled: Sequence[_Labelled], 
 
     Only answers inside the task's range are evaluated; the others are counted by status.
     """
-    from ..evaluation import official_reading
+    from .evaluation import official_reading
 
     preds, labels, texts = [], [], []
     counts = {STATUS_ERROR: 0, PARSE_NO_SCORE: 0, PARSE_OUT_OF_RANGE: 0}
@@ -269,16 +266,6 @@ def run_conversation_bench(
     table = BenchTable(rows, model)
     table.write(out_dir)
     return table
-
-
-def _video_results(scorer, paths, task, frames_path: Path, options: dict):
-    """Each video's row, in order, writing its frames to ``frames_path`` on the way."""
-    from ..video import FrameWriter, score_videos
-
-    with FrameWriter(frames_path) as frames:
-        for video in score_videos(scorer, paths, task, **options):
-            frames.write(video)
-            yield video.result
 
 
 def _number(value: float) -> str:

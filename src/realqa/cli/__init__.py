@@ -1,0 +1,38 @@
+"""Command line: ``realqa score | eval | train | data | bench | serve | report | tiny-model``.
+
+Every command lives in this package; each module declares its flags and turns them into the typed
+values the library takes (``options`` holds the flags the scoring commands share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars would drown the scoring progress bar
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as err:
+        print(f"realqa {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ..commands import add_commands as add_app_commands
+    from . import data, evaluate, score, train
+
+    parser = argparse.ArgumentParser(prog="realqa", description="Image quality and aesthetic scoring with a multimodal LLM.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    score.add_command(commands)
+    evaluate.add_command(commands)
+    train.add_commands(commands)
+    data.add_commands(commands)  # data list | prepare | card | synth | export/import-llamafactory, and bench
+    add_app_commands(commands)  # serve, report
+    return parser

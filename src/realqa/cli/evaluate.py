@@ -1,0 +1,45 @@
+"""``realqa eval``: predictions against labels, realqa's reading and the official script's."""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_command(commands) -> None:
+    evaluate = commands.add_parser(
+        "eval", help="correlation metrics of predictions against labels",
+        description="Score predictions against labels. The table counts every row: 'failed' are answers without a "
+                    "score and errors, 'out-of-range' answers outside the task's range; neither enters a metric. "
+                    "Beside it (on stderr), the official reading: the RealQA authors' evaluation script's rule "
+                    "applied to the same answers (first <...>, rows it cannot read skipped), to set beside the paper.")
+    evaluate.add_argument("predictions", help="our .csv/.jsonl results, or LLaMA-Factory's generated_predictions.jsonl")
+    evaluate.add_argument("--labels", help="a realqa manifest; a LLaMA-Factory conversation file (the scores its answers "
+                          "state; LLaMA-Factory rows match its records by order, our rows by image); or a CSV/JSONL "
+                          "with an image column, a label column and optional attribute columns; our rows match by "
+                          "path, then as the file writes the image, then by file name")
+    evaluate.add_argument("--label-column", help="label column of --labels (default: the first of mos, MOS, score, label)")
+    evaluate.add_argument("--media-dir", help="where relative image paths of a conversation --labels file start "
+                          "(LLaMA-Factory's media_dir; default: that file's folder)")
+    evaluate.add_argument("--field", default="score", choices=("score", "ncm"), help="value to evaluate (default: score)")
+    evaluate.add_argument("--task", default="quality",
+                          help="the manifest score (or conversation task) that labels the predictions, and the range "
+                          "of a LLaMA-Factory row that states none (default: quality, 1-5)")
+    evaluate.set_defaults(run=_eval)
+
+
+def _eval(args) -> int:
+    from ..evaluation import evaluate_predictions, format_official, format_table, read_labels
+    from ..results import read_predictions
+
+    predictions = read_predictions(args.predictions, field=args.field, task=args.task)
+    labels = read_labels(args.labels, args.label_column, args.task, args.media_dir) if args.labels else None
+    rows = evaluate_predictions(predictions, labels, args.predictions, args.task)
+    print(format_table(rows))
+    if rows[0].metrics["n_evaluated"] >= 5 and not rows[0].metrics["logistic_converged"]:
+        print("note: the 4-parameter logistic fit did not converge; PLCC4 is undefined", file=sys.stderr)
+    # stderr keeps stdout the table alone, for scripts that read it
+    if rows[0].official is not None:
+        print(format_official(rows[0].official), file=sys.stderr)
+    else:
+        print("official reading: not available (the predictions keep no answer text)", file=sys.stderr)
+    return 0
