@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]  # the toy set generator lives with the tests
 
+from realqa.data.manifest import read_manifest  # noqa: E402
 from realqa.engine import load_scorer  # noqa: E402
 from realqa.metrics import evaluate  # noqa: E402
 from realqa.model import build_tiny_model  # noqa: E402
-from realqa.data.manifest import read_manifest  # noqa: E402
 from realqa.train import load_config, train  # noqa: E402
 from toy_data import write_toy_dataset  # noqa: E402
 
@@ -36,7 +36,8 @@ def run(decimals: int, seed: int, args, work: Path, base: Path, manifests) -> di
     overrides = [f"model={base}", f"output_dir={out}", f"train=[{manifests[0]}]", "finetuning=full",
                  f"learning_rate={args.lr}", f"epochs={args.epochs}", "per_device_batch_size=8",
                  "gradient_accumulation_steps=1", "save_steps=100000", "gradient_checkpointing=false",
-                 "progress_bar=false", "logging_steps=100000", f"decimals={decimals}", f"seed={seed}", f"min_pixels={PIXELS}", f"max_pixels={PIXELS}"]
+                 "progress_bar=false", "logging_steps=100000", f"decimals={decimals}", f"seed={seed}",
+                 f"min_pixels={PIXELS}", f"max_pixels={PIXELS}"]
     started = time.time()
     train(load_config(None, overrides), log=lambda message: None)
     wall = time.time() - started

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import classical_baseline as baseline  # noqa: E402  (beside this script)
 import numpy as np  # noqa: E402
+
 from realqa.chat import question_messages  # noqa: E402
 from realqa.data.manifest import read_manifest  # noqa: E402
 from realqa.engine import load_scorer  # noqa: E402
@@ -128,7 +129,9 @@ def attribute_rows(dataset, results, names) -> list[dict]:
 
 
 def print_attributes(rows: list[dict]) -> None:
-    print("| attribute | values | images | accuracy | macro-F1 | always the commonest label |\n|---|---|---|---|---|---|")
+    print(
+        "| attribute | values | images | accuracy | macro-F1 | always the commonest label |\n|---|---|---|---|---|---|"
+    )
     for r in rows:
         print(f"| {r['attribute']} | {', '.join(r['values'])} | {r['images']} | {r['accuracy']:.3f} | "
               f"{r['macro_f1']:.3f} | {r['majority']:.3f} |")
@@ -271,7 +274,8 @@ def print_references(r: dict) -> None:
     print("\nThe baseline trained on fewer photos (random draws of the training photos):\n")
     print("| training photos | draws | held-out SRCC (mean) | each |\n|---|---|---|---|")
     for row in r["photo_curve"]:
-        print(f"| {row['photos']} | {row['draws']} | {row['srcc']:.3f} | {', '.join(f'{v:.3f}' for v in row['srcc_each'])} |")
+        each = ", ".join(f"{v:.3f}" for v in row["srcc_each"])
+        print(f"| {row['photos']} | {row['draws']} | {row['srcc']:.3f} | {each} |")
     print("\nCeiling: a predictor exact on every held-out image except those of the types it is blind to "
           "(scored as clean):\n")
     print("| blind to | SRCC |\n|---|---|")

@@ -237,7 +237,10 @@ def main() -> None:
     workers = args.workers if args.workers is not None else default_workers(device)
     work = Path(tempfile.mkdtemp(prefix="realqa-throughput-"))
     images = photo_copies(args.images, args.size, work)
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        card = torch.cuda.get_device_name(device)
+    else:
+        card = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     import transformers
 
     print(f"# {date.today()}  {card}  torch {torch.__version__}  transformers {transformers.__version__}  "
@@ -295,8 +298,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name, batch, t in parts:
         total = t["vision"] + t["prefill"] + t["decode"]
-        print(f"| {name} | {batch} | {t['preprocess']:.1f} | {t['vision']:.1f} | {t['prefill']:.1f} | {t['decode']:.1f} "
-              f"| {total:.1f} |")
+        print(
+            f"| {name} | {batch} | {t['preprocess']:.1f} | {t['vision']:.1f} | {t['prefill']:.1f} | {t['decode']:.1f} "
+            f"| {total:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@
 
 Steps (each timed): ``realqa data synth`` on the photos (seeded split by photo), every view shrunk to
 the model's pixel budget before it is distorted, so the model sees each distortion pixel for pixel
-(its processor leaves such images as they are) -> a small Qwen2-VL-architecture model (``build_tiny_model``) with the structured
-initialisation below -> full training from scratch with ``realqa.train`` on the quality question plus
-the exposure, clarity and saturation attributes -> the model folder, with a card saying what it was
-trained on and what it cannot judge, copied to ``src/realqa/models/demo``. The test split is not
-touched here; ``benchmarks/demo_model.py`` scores it.
+(its processor leaves such images as they are) -> a small Qwen2-VL-architecture model
+(``build_tiny_model``) with the structured initialisation below -> full training from scratch with
+``realqa.train`` on the quality question plus the exposure, clarity and saturation attributes -> the
+model folder, with a card saying what it was trained on and what it cannot judge, copied to
+``src/realqa/models/demo``. The test split is not touched here; ``benchmarks/demo_model.py`` scores it.
 
 Why a structured initialisation: from a plain random initialisation the vision tower of a model this
 small, trained on 18 photos on a CPU, learns brightness but not blur or noise within the budget
@@ -161,7 +161,9 @@ def train_model(work: Path, train_manifest: Path, output: Path, *, seed: int, ov
 
     base = build_base(work / "bases" / f"{output.name}-seed{seed}", seed)  # one per run: runs may overlap
     sources = [f"{{manifest: {train_manifest}, task: quality}}"]
-    sources += [f"{{manifest: {train_manifest}, task: {name}, weight: {weight}}}" for name, weight in ATTRIBUTES.items()]
+    sources += [
+        f"{{manifest: {train_manifest}, task: {name}, weight: {weight}}}" for name, weight in ATTRIBUTES.items()
+    ]
     settings = [f"model={base}", f"output_dir={output}", f"train=[{', '.join(sources)}]", f"seed={seed}",
                 f"min_pixels={MIN_PIXELS}", f"max_pixels={MAX_PIXELS}", "save_steps=1000000", "save_total_limit=1",
                 "logging_steps=50", "progress_bar=false", *(f"{k}={v}" for k, v in RECIPE.items()), *overrides]

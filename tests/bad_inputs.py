@@ -46,3 +46,37 @@ def write_unusual_inputs(folder: Path) -> list[str]:
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     photo.save(folder / "rotated.jpg", exif=exif)
     return ["cmyk.jpg", "sixteen_bit.png", "palette.png", "alpha.png", "gray.png", "rotated.jpg"]
+
+
+# Camera-like photographs (width, height, JPEG options, EXIF orientation): landscape and portrait, up to 1024
+# pixels a side, baseline and progressive, 4:2:0 and 4:4:4 chroma, one grey, one stored rotated.
+PHOTOS = {
+    "landscape.jpg": ((640, 480), {}, None),
+    "portrait.jpg": ((480, 640), {"progressive": True}, None),
+    "wide.jpg": ((1024, 576), {"subsampling": 0}, None),
+    "square_grey.jpg": ((800, 800), {}, None),
+    "stored_sideways.jpg": ((683, 1024), {}, 6),  # displays as 1024 x 683
+    "small.jpg": ((375, 500), {"quality": 70}, None),
+}
+
+
+def write_photos(folder: Path) -> dict[str, tuple[int, int]]:
+    """JPEG photographs made here (smooth scenes, texture, sensor-like noise); name -> displayed (width, height)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    shown = {}
+    for n, (name, ((width, height), options, orientation)) in enumerate(PHOTOS.items()):
+        y, x = np.mgrid[0:height, 0:width] / max(width, height)
+        scene = np.stack(
+            [128 + 100 * np.sin(6 * x + n), 128 + 100 * np.cos(5 * y - n), 128 + 80 * np.sin(9 * x * y)], -1
+        )
+        scene += 30 * (np.sin(80 * x) * np.sin(60 * y))[..., None] + rng.normal(0, 10, scene.shape)
+        picture = Image.fromarray(np.clip(scene, 0, 255).astype(np.uint8), "RGB")
+        if "grey" in name:
+            picture = picture.convert("L")
+        exif = Image.Exif()
+        if orientation:
+            exif[0x0112] = orientation
+        picture.save(folder / name, "JPEG", quality=options.pop("quality", 90), exif=exif, **options)
+        shown[name] = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return shown

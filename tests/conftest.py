@@ -17,6 +17,15 @@ EXAMPLE_PHOTOS = sorted((ROOT / "examples" / "photos").glob("*.jpg"))
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # Small images keep the tiny model fast: 16 visual tokens per image after the 2x2 merge.
 SMALL_PIXELS = {"min_pixels": 28 * 28 * 16, "max_pixels": 28 * 28 * 16}
+# Fixtures that train a model before the first test that uses them: such tests are marked slow.
+TRAINED_FIXTURES = frozenset({"format_model_dir", "attribute_model"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` (deselected by ``make test-fast``) also on every test that needs a trained model."""
+    for item in items:
+        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

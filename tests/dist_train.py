@@ -19,4 +19,5 @@ for name, parameter in sorted(result.model.named_parameters()):
     digest.update(parameter.detach().float().cpu().numpy().tobytes())
 rank = int(os.environ.get("RANK", 0))
 with open(os.path.join(out_dir, f"digest_rank{rank}.txt"), "w") as f:
-    f.write(f"{digest.hexdigest()} {result.steps} {torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1}\n")
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    f.write(f"{digest.hexdigest()} {result.steps} {world}\n")

@@ -68,12 +68,15 @@ def attribute_data(tmp_path_factory):
 def attribute_model(tiny_model_dir, attribute_data, tmp_path_factory):
     train_manifest, _ = attribute_data
     out = tmp_path_factory.mktemp("attr-model")
-    sources = (f"[{{manifest: {train_manifest}, task: quality}}, {{manifest: {train_manifest}, task: quality, form: cot}},"
-               f" {{manifest: {train_manifest}, task: exposure}}, {{manifest: {train_manifest}, task: clarity}}]")
-    train(load_config(None, [f"model={tiny_model_dir}", f"output_dir={out}", f"train={sources}", "finetuning=full",
-                             "learning_rate=3e-3", "epochs=10", "per_device_batch_size=8", "gradient_accumulation_steps=1",
-                             "save_steps=100000", "gradient_checkpointing=false", "progress_bar=false",
-                             *(f"{k}={v}" for k, v in SMALL_PIXELS.items())]), log=lambda message: None)
+    sources = (
+        f"[{{manifest: {train_manifest}, task: quality}}, {{manifest: {train_manifest}, task: quality, form: cot}},"
+        f" {{manifest: {train_manifest}, task: exposure}}, {{manifest: {train_manifest}, task: clarity}}]"
+    )
+    overrides = [f"model={tiny_model_dir}", f"output_dir={out}", f"train={sources}", "finetuning=full",
+                 "learning_rate=3e-3", "epochs=10", "per_device_batch_size=8", "gradient_accumulation_steps=1",
+                 "save_steps=100000", "gradient_checkpointing=false", "progress_bar=false",
+                 *(f"{k}={v}" for k, v in SMALL_PIXELS.items())]
+    train(load_config(None, overrides), log=lambda message: None)
     return out
 
 
@@ -143,7 +146,8 @@ def test_unfinished_or_out_of_schema_reasoning_is_flagged(attribute_scorer):
     assert (stopped.status, stopped.score, stopped.text) == ("no_score", None, "Exposure: dark. Clarity: sh")
     assert stopped.attributes["clarity"]["status"] == "missing"
     odd = read("Exposure: purple. Clarity: sharp. So the quality score of this image is <3.10>.")
-    assert odd.score == 3.10 and odd.attributes["exposure"] == {"value": "purple", "status": "invalid_value", "text": "purple"}
+    assert odd.score == 3.10
+    assert odd.attributes["exposure"] == {"value": "purple", "status": "invalid_value", "text": "purple"}
     looping = read("Exposure: dark. " * 20)
     assert looping.status == "no_score" and looping.text.count("Exposure") == 20
 

@@ -96,7 +96,9 @@ def make_adapter(model_dir: Path, out: Path, *, old_layout: bool, seed: int = 1,
     peft_model.save_pretrained(out)
     if old_layout:
         weights = load_file(out / ADAPTER_FILE)
-        save_file({PREFIX + to_old_name(key[len(PREFIX):]): value for key, value in weights.items()}, out / ADAPTER_FILE)
+        save_file(
+            {PREFIX + to_old_name(key[len(PREFIX) :]): value for key, value in weights.items()}, out / ADAPTER_FILE
+        )
         config = json.loads((out / "adapter_config.json").read_text())
         config["target_modules"] = regex
         (out / "adapter_config.json").write_text(json.dumps(config))
@@ -253,7 +255,9 @@ def _full_checkpoint(model_dir: Path, out: Path, rename, drop: str | None = None
     shutil.copytree(model_dir, out)
     state = {k: v.clone() for k, v in load_model(model_dir, device="cpu").model.state_dict().items()}
     (out / "model.safetensors").unlink()
-    save_file({rename(k): v for k, v in state.items() if k != drop}, out / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {rename(k): v for k, v in state.items() if k != drop}, out / "model.safetensors", metadata={"format": "pt"}
+    )
     return state
 
 
@@ -268,7 +272,9 @@ def test_full_checkpoint_loads_with_identical_weights(tiny_model_dir, tmp_path, 
 
 
 def test_full_checkpoint_missing_a_tensor_is_refused_naming_it(tiny_model_dir, tmp_path):
-    _full_checkpoint(tiny_model_dir, tmp_path / "full", to_old_name, drop="model.language_model.layers.1.mlp.down_proj.weight")
+    _full_checkpoint(
+        tiny_model_dir, tmp_path / "full", to_old_name, drop="model.language_model.layers.1.mlp.down_proj.weight"
+    )
     with pytest.raises(ValueError) as err:
         load_model(tmp_path / "full", device="cpu")
     assert "1 weights missing from the checkpoint: model.language_model.layers.1.mlp.down_proj.weight" in str(err.value)

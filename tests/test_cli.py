@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import write_bad_inputs, write_unusual_inputs
+from bad_inputs import write_bad_inputs, write_photos, write_unusual_inputs
 from conftest import EXAMPLE_PHOTOS, ROOT, SHARED_DATA, SMALL_PIXELS
 from realqa.cli import main
 
@@ -36,7 +36,9 @@ def test_score_folder_writes_one_row_per_input_in_order(format_model_dir, tmp_pa
     folder = _folder_with_bad_files(tmp_path, EXAMPLE_PHOTOS)
     out = tmp_path / f"scores{suffix}"
     missing = str(tmp_path / "nowhere.jpg")
-    code = main(["score", str(folder), missing, "--model", str(format_model_dir), "--out", str(out), "--quiet", *PIXEL_ARGS])
+    code = main(
+        ["score", str(folder), missing, "--model", str(format_model_dir), "--out", str(out), "--quiet", *PIXEL_ARGS]
+    )
     assert code == 0
     rows = _rows(out)
     expected = [str(p) for p in sorted(folder.rglob("*")) if p.is_file()]
@@ -61,12 +63,18 @@ def test_score_prints_a_ranked_table(format_model_dir, tmp_path, capsys):
     assert ranked == sorted(ranked, reverse=True) and len(ranked) >= 1  # by score, ties by NCM
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "photos").is_dir(), reason="../shared/data/photos not present")
+@pytest.mark.slow  # some 40 photographs
 def test_score_real_photos_with_bad_files(tiny_model_dir, tmp_path):
-    photos = sorted((SHARED_DATA / "photos").glob("*.jpg"))
+    """The repository's example photographs, photographs made here, and the shared real ones when present."""
+    made = tmp_path / "made"
+    shared = sorted((SHARED_DATA / "photos").glob("*.jpg")) if (SHARED_DATA / "photos").is_dir() else []
+    photos = [*EXAMPLE_PHOTOS, *(made / name for name in write_photos(made)), *shared]
     folder = _folder_with_bad_files(tmp_path, photos)
     out = tmp_path / "scores.csv"
-    assert main(["score", str(folder), "--model", str(tiny_model_dir), "--out", str(out), "--quiet", "--batch-size", "8"]) == 0
+    assert (
+        main(["score", str(folder), "--model", str(tiny_model_dir), "--out", str(out), "--quiet", "--batch-size", "8"])
+        == 0
+    )
     rows = _rows(out)
     assert len(rows) == len(photos) + 4 + 6
     by_name = {Path(r["path"]).name: r for r in rows}
@@ -79,14 +87,18 @@ def test_manifest_input_keeps_manifest_order(format_model_dir, tmp_path):
     order = [EXAMPLE_PHOTOS[2], EXAMPLE_PHOTOS[0], EXAMPLE_PHOTOS[1]]
     manifest.write_text("\n".join(map(str, order)) + "\n")
     out = tmp_path / "o.jsonl"
-    assert main(["score", str(manifest), "--model", str(format_model_dir), "--out", str(out), "--quiet", *PIXEL_ARGS]) == 0
+    assert (
+        main(["score", str(manifest), "--model", str(format_model_dir), "--out", str(out), "--quiet", *PIXEL_ARGS]) == 0
+    )
     assert [r["path"] for r in _rows(out)] == list(map(str, order))
 
 
 def test_usage_errors_are_one_line_and_exit_2(format_model_dir, tmp_path, capsys):
     assert main(["score", str(EXAMPLE_PHOTOS[0]), "--model", str(format_model_dir), "--task", "nope", "--quiet"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
-    assert main(["score", str(EXAMPLE_PHOTOS[0]), "--model", str(format_model_dir), "--out", str(tmp_path / "x.txt")]) == 2
+    assert (
+        main(["score", str(EXAMPLE_PHOTOS[0]), "--model", str(format_model_dir), "--out", str(tmp_path / "x.txt")]) == 2
+    )
     assert "must end in .csv or .jsonl" in capsys.readouterr().err
 
 
@@ -117,7 +129,9 @@ def test_eval_our_results_with_a_labels_file(tmp_path, capsys):
         for path, score, status in rows:
             writer.writerow([f"/data/{path}", "quality", score, score, status, "", ""])
     labels = tmp_path / "labels.csv"
-    labels.write_text("image,mos\n" + "".join(f"{n}.jpg,{m}\n" for n, m in zip("abcdefg", [1.2, 2, 3, 2.5, 4.8, 3.9, 1])))
+    labels.write_text(
+        "image,mos\n" + "".join(f"{n}.jpg,{m}\n" for n, m in zip("abcdefg", [1.2, 2, 3, 2.5, 4.8, 3.9, 1]))
+    )
     assert main(["eval", str(results), "--labels", str(labels)]) == 0
     out = capsys.readouterr().out.splitlines()
     values = out[1].split()
@@ -133,7 +147,8 @@ def test_eval_llamafactory_predictions(tmp_path, capsys):
              ("Reasoning first. <4.40>", "The quality score of this image is 4.60."),
              ("The quality score of this image is 1.20.", "The quality score of this image is 1.10."),
              ("The quality score of this image is 2.90.", "The quality score of this image is 3.00.")]
-    predictions.write_text("".join(json.dumps({"prompt": "q", "predict": p, "label": l}) + "\n" for p, l in pairs))
+    predictions.write_text("".join(json.dumps({"prompt": "q", "predict": p, "label": label}) + "\n"
+                                   for p, label in pairs))
     assert main(["eval", str(predictions)]) == 0
     values = capsys.readouterr().out.splitlines()[1].split()
     assert values[:4] == ["quality", "6", "5", "1"]
@@ -147,6 +162,7 @@ def test_eval_without_labels_says_so(tmp_path, capsys):
     assert "pass --labels" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers
 def test_module_entry_point_runs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run([sys.executable, "-m", "realqa.cli", "tiny-model", str(tmp_path / "m")], env=env,

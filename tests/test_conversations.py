@@ -7,8 +7,13 @@ import json
 import pytest
 
 from realqa.chat import render_prompt
-from realqa.conversations import (ConversationError, card_tasks, is_conversation_file, question_groups,
-                                  read_conversations)
+from realqa.conversations import (
+    ConversationError,
+    card_tasks,
+    is_conversation_file,
+    question_groups,
+    read_conversations,
+)
 from realqa.model import build_tiny_tokenizer
 
 PLAIN_Q = "<image>Can you rate the quality of this picture {honestly}? Score it from 1 to 5."

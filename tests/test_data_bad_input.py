@@ -21,7 +21,9 @@ def excluded(dataset) -> list[str]:
 
 
 def test_malformed_rows_are_excluded_with_their_line(tmp_path):
-    labels = koniq_file(tmp_path, GOOD.format(name="1.jpg", mos=50), "2.jpg,0.1,0.2,60", GOOD.format(name="3.jpg", mos=55))
+    labels = koniq_file(
+        tmp_path, GOOD.format(name="1.jpg", mos=50), "2.jpg,0.1,0.2,60", GOOD.format(name="3.jpg", mos=55)
+    )
     dataset = data.load("koniq10k", labels=labels)
     assert [s.id for s in dataset] == ["1", "3"]
     assert excluded(dataset) == ["malformed_row | line 3 | row has 4 fields; the header has 10"]

@@ -22,7 +22,9 @@ def test_csv_with_a_native_range(tmp_path):
     assert dataset.samples[1].attributes == {"light": "bright"}
     assert dataset.to_native(4.0) == pytest.approx(75) and dataset.to_task(75) == pytest.approx(4.0)
     assert dataset.to_native(None) is None
-    assert [(a.name, a.kind, a.values) for a in dataset.attribute_schema] == [("light", "categorical", ("bright", "dark"))]
+    assert [(a.name, a.kind, a.values) for a in dataset.attribute_schema] == [
+        ("light", "categorical", ("bright", "dark"))
+    ]
 
 
 def test_jsonl_with_two_tasks_a_split_column_and_a_lower_is_better_scale(tmp_path):

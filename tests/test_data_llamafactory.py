@@ -75,15 +75,15 @@ def test_round_trip_keeps_scores_at_the_written_precision(two_task_dataset, tmp_
 
 def test_answers_without_a_score_are_reported_by_record(tmp_path):
     question = "<image>" + DEFAULT_TASKS["quality"].question_text()
+    def record(answer: str, *images: str) -> dict:
+        return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                "images": list(images)}
+
     records = [
-        {"messages": [{"role": "user", "content": question},
-                      {"role": "assistant", "content": "The quality score of this image is 3.47."}], "images": ["a.jpg"]},
-        {"messages": [{"role": "user", "content": question},
-                      {"role": "assistant", "content": "It looks fine to me."}], "images": ["b.jpg"]},
-        {"messages": [{"role": "user", "content": question},
-                      {"role": "assistant", "content": "The quality score of this image is 7.20."}], "images": ["c.jpg"]},
-        {"messages": [{"role": "user", "content": question},
-                      {"role": "assistant", "content": "3.1"}], "images": ["d.jpg", "e.jpg"]},
+        record("The quality score of this image is 3.47.", "a.jpg"),
+        record("It looks fine to me.", "b.jpg"),
+        record("The quality score of this image is 7.20.", "c.jpg"),
+        record("3.1", "d.jpg", "e.jpg"),
     ]
     path = write_text(tmp_path / "conv.json", json.dumps(records))
     dataset = data.import_sharegpt(path)
@@ -170,7 +170,9 @@ def test_import_of_an_export_has_the_manifests_native_values_mappings_and_splits
                                     "attributes": {}, "info": {}}
     back = data.import_sharegpt(out, media_dir=tmp_path)
     assert _fields(back) == _fields(dataset)  # exact: 77.3836 comes back, not the answer's 4.10
-    assert back.samples[0].native == {"quality": 77.3836} and back.samples[0].scores["quality"] == pytest.approx(4.095344)
+    assert back.samples[0].native == {"quality": 77.3836} and back.samples[0].scores["quality"] == pytest.approx(
+        4.095344
+    )
     assert back.mappings == dataset.mappings and back.split == dataset.split and back.name == dataset.name
     assert back.to_native(4.0) == pytest.approx(75.0)
     assert not back.report.problems

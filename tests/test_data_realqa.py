@@ -76,7 +76,9 @@ def test_column_roles_by_other_names_nested_attributes_and_missing_values(tmp_pa
 def test_hf_image_features_need_a_path(tmp_path):
     records = [{"image": {"bytes": None, "path": "a.jpg"}, "quality": 3.0},
                {"image": {"bytes": "...", "path": None}, "quality": 4.0}]
-    dataset = data.load("realqa", labels=write_text(tmp_path / "train.jsonl", "".join(json.dumps(r) + "\n" for r in records)))
+    dataset = data.load(
+        "realqa", labels=write_text(tmp_path / "train.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    )
     assert [s.image for s in dataset] == ["a.jpg"]
     assert dataset.report.problems[0].message.startswith("the image is embedded bytes without a path")
 
@@ -143,8 +145,8 @@ def test_prepare_realqa_with_options_from_the_command_line(tmp_path, capsys):
 
 
 def test_parquet_annotations(tmp_path):
+    pyarrow = pytest.importorskip("pyarrow")  # the 'parquet' extra
     parquet = pytest.importorskip("pyarrow.parquet")
-    import pyarrow
 
     table = pyarrow.Table.from_pylist([{"file_name": "a.jpg", "quality": 3.0, "clarity": "clear"}])
     parquet.write_table(table, tmp_path / "train-00000-of-00001.parquet")

@@ -15,6 +15,8 @@ from realqa.engine import load_scorer
 from realqa.model import read_card
 from realqa.models import demo_model_path
 
+pytestmark = pytest.mark.slow  # the demo model is larger than the tiny test models
+
 DEMO = demo_model_path()  # the default model ships in the package: its absence is a failure
 
 

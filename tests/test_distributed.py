@@ -13,6 +13,8 @@ from conftest import ROOT
 from realqa.cli import main
 from test_resume import write_images
 
+pytestmark = pytest.mark.slow  # torchrun processes
+
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]

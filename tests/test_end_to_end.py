@@ -4,10 +4,13 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from conftest import SMALL_PIXELS
 from realqa.cli import main
 from toy_data import brightness_image
+
+pytestmark = pytest.mark.slow  # prepares data, trains, scores and evaluates
 
 
 def test_prepare_train_score_eval(tiny_model_dir, tmp_path, capsys):

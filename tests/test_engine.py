@@ -7,12 +7,12 @@ from PIL import Image
 
 from bad_inputs import write_bad_inputs, write_unusual_inputs
 from conftest import EXAMPLE_PHOTOS, SMALL_PIXELS
-from toy_data import brightness_image
 from realqa import load_scorer
 from realqa.chat import scoring_prompt
 from realqa.engine import Scorer
 from realqa.model import CARD_FILE, load_model
 from realqa.numeric import digit_expectation
+from toy_data import brightness_image
 
 
 def _images():
@@ -111,8 +111,9 @@ def test_unknown_task_names_the_choices(format_scorer):
 
 
 def test_prompt_comes_from_chat_template_and_task(tiny_model_dir):
-    from realqa.tasks import AESTHETICS
     from transformers import AutoTokenizer
+
+    from realqa.tasks import AESTHETICS
 
     prompt = scoring_prompt(AutoTokenizer.from_pretrained(tiny_model_dir), AESTHETICS)
     assert "from 1 to 10" in prompt
@@ -133,7 +134,10 @@ def test_card_tasks_are_the_questions_asked(tiny_model_dir, tmp_path):
     assert list(scorer.tasks) == ["sharpness"]
     assert "How sharp, 0 to 9?" in scoring_prompt(scorer.loaded.tokenizer, scorer.task("sharpness"))
     [result] = scorer.score([brightness_image(0.5)], task="sharpness")
-    assert result.task == "sharpness" and result.status in ("ok", "out_of_range", "no_score")
+    # The tiny model's weights are seeded noise (the same under every supported transformers release):
+    # its answer is read against the card's task and holds no score.
+    assert result.task == "sharpness" and result.status == "no_score", result.text
+    assert result.text and result.score is None and result.ncm is None and result.error is None
 
 
 def test_lora_adapter_loads_and_changes_the_model(tiny_model_dir, tmp_path):
@@ -147,7 +151,9 @@ def test_lora_adapter_loads_and_changes_the_model(tiny_model_dir, tmp_path):
     peft_model.save_pretrained(adapter_dir)
     base_scorer = load_scorer(str(tiny_model_dir), device="cpu", **SMALL_PIXELS)
     tuned_scorer = load_scorer(str(tiny_model_dir), adapter=str(adapter_dir), device="cpu", **SMALL_PIXELS)
-    batch = tuned_scorer.collate([tuned_scorer.examples.build(brightness_image(0.5), "x", tuned_scorer.prompt_ids(tuned_scorer.task("quality")))])
+    batch = tuned_scorer.collate(
+        [tuned_scorer.examples.build(brightness_image(0.5), "x", tuned_scorer.prompt_ids(tuned_scorer.task("quality")))]
+    )
     with torch.no_grad():
         tuned = tuned_scorer.loaded.model(**batch).logits
         plain = base_scorer.loaded.model(**batch).logits
@@ -158,7 +164,9 @@ def test_lora_adapter_loads_and_changes_the_model(tiny_model_dir, tmp_path):
 def test_unsupported_model_type_is_refused(tmp_path):
     from transformers import LlamaConfig
 
-    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
+    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2).save_pretrained(
+        tmp_path
+    )
     with pytest.raises(ValueError, match="model type 'llama' is not supported"):
         load_scorer(str(tmp_path), device="cpu")
 
@@ -179,7 +187,9 @@ def test_qwen2_5_vl_checkpoints_score_too(tmp_path):
     images = [brightness_image(level) for level in (0.2, 0.5, 0.8)]
     together = scorer.score(images)
     alone = [scorer.score([image])[0] for image in images]
-    assert [r.status for r in together] != ["error"] * 3
+    # Seeded noise weights: three answers, read, none holding a score (nothing failed on the way).
+    assert [r.status for r in together] == ["no_score"] * 3, [r.text for r in together]
+    assert all(r.text and r.error is None for r in together)
     assert [(r.score, r.text) for r in together] == [(r.score, r.text) for r in alone]
 
 

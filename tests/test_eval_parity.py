@@ -56,7 +56,7 @@ OFFICIAL_SRCC = 1 - 6 * 2 / (6 * 35)
 
 
 def _write_predictions(path: Path, rows=ROWS, prompt=PROMPT) -> Path:
-    path.write_text("".join(json.dumps({"prompt": prompt, "predict": p, "label": l}) + "\n" for p, l in rows))
+    path.write_text("".join(json.dumps({"prompt": prompt, "predict": p, "label": label}) + "\n" for p, label in rows))
     return path
 
 
@@ -99,7 +99,7 @@ def test_official_label_reads_numbers_and_plain_answers_only():
 
 
 def test_official_reading_keeps_what_the_script_keeps():
-    reading = official_reading([p for p, _ in ROWS], [l for _, l in ROWS], after_prefix=False)
+    reading = official_reading([p for p, _ in ROWS], [label for _, label in ROWS], after_prefix=False)
     assert isinstance(reading, OfficialReading)
     n_rows, n_kept, plcc, srcc = reading  # usable as the tuple (n_rows, n_kept, plcc, srcc)
     assert (n_rows, n_kept) == (8, 6)
@@ -133,7 +133,9 @@ def test_llamafactory_rows_read_with_the_range_the_row_states(tmp_path):
 
 
 def test_the_range_comes_from_the_prompt_then_the_task(tmp_path):
-    aesthetics = [(SAID.format("7.50").replace("quality", "aesthetic"), SAID.format("6.00").replace("quality", "aesthetic"))]
+    aesthetics = [
+        (SAID.format("7.50").replace("quality", "aesthetic"), SAID.format("6.00").replace("quality", "aesthetic"))
+    ]
     ten = "user\n<image>Rate the aesthetics of this image from 1 to 10.\nassistant\n"
     (row,) = read_predictions(_write_predictions(tmp_path / "a.jsonl", aesthetics, ten), task="quality")
     assert (row.status, row.pred) == ("ok", 7.5)  # the row's own 1-10 beats --task quality's 1-5
@@ -174,7 +176,7 @@ def test_eval_command_prints_both_readings(tmp_path, capsys):
 
 
 def test_llamafactory_rows_match_a_conversation_file_by_order(tmp_path, capsys):
-    labels = _write_conversations(tmp_path / "koniq10k_test.json", [l for _, l in ROWS])
+    labels = _write_conversations(tmp_path / "koniq10k_test.json", [label for _, label in ROWS])
     path = _write_predictions(tmp_path / "generated_predictions.jsonl")
     table = evaluate_predictions(read_predictions(path), read_labels(labels), str(path))
     assert table[0].metrics["rmse"] == pytest.approx(REALQA_RMSE)
@@ -185,11 +187,11 @@ def test_llamafactory_rows_match_a_conversation_file_by_order(tmp_path, capsys):
 
 def test_order_matching_refuses_other_counts_and_other_labels(tmp_path, capsys):
     path = _write_predictions(tmp_path / "generated_predictions.jsonl")
-    short = _write_conversations(tmp_path / "short.json", [l for _, l in ROWS[:7]])
+    short = _write_conversations(tmp_path / "short.json", [label for _, label in ROWS[:7]])
     assert main(["eval", str(path), "--labels", str(short)]) == 2
     err = capsys.readouterr().err
     assert "has 8 rows" in err and "short.json has 7 records" in err
-    shifted = _write_conversations(tmp_path / "shifted.json", [l for _, l in ROWS[1:] + ROWS[:1]])
+    shifted = _write_conversations(tmp_path / "shifted.json", [label for _, label in ROWS[1:] + ROWS[:1]])
     assert main(["eval", str(path), "--labels", str(shifted)]) == 2
     assert "row 1's label 3.5 is not record 1's 2" in capsys.readouterr().err
     table = tmp_path / "labels.csv"
@@ -235,7 +237,9 @@ def test_our_rows_match_a_conversation_file_by_image(tmp_path, capsys):
 
 
 def test_a_file_name_two_images_share_matches_neither(tmp_path):
-    labels = _write_conversations(tmp_path / "t.json", [SAID.format("3.00"), SAID.format("4.00")], ["a/x.jpg", "b/x.jpg"])
+    labels = _write_conversations(
+        tmp_path / "t.json", [SAID.format("3.00"), SAID.format("4.00")], ["a/x.jpg", "b/x.jpg"]
+    )
     read = read_labels(labels)
     assert read.lookup("b/x.jpg") == str(tmp_path / "b" / "x.jpg")
     assert read.lookup("/other/x.jpg") is None

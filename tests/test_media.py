@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bad_inputs import write_photos
 from realqa.media import (
     DEFAULT_MAX_IMAGE_PIXELS,
     IMAGE_EXTENSIONS,
@@ -417,12 +418,15 @@ def test_pil_image_max_pixels():
 # --- real photographs ---------------------------------------------------------
 
 
-def test_shared_photos_load_as_rgb():
-    if not SHARED_PHOTOS.is_dir():
-        pytest.skip(f"{SHARED_PHOTOS} not present")
-    photos = collect_inputs([SHARED_PHOTOS])
-    assert photos
+def test_photos_load_as_rgb(tmp_path):
+    """Photographs made here (sizes, JPEG flavours, grey, EXIF-rotated), and the shared real ones when present."""
+    shown = write_photos(tmp_path)
+    photos = collect_inputs([tmp_path])
+    assert sorted(Path(p).name for p in photos) == sorted(shown)
     for photo in photos:
+        img = load_image(photo)
+        assert img.mode == "RGB" and img.size == shown[Path(photo).name], photo
+    for photo in collect_inputs([SHARED_PHOTOS]) if SHARED_PHOTOS.is_dir() else []:
         img = load_image(photo)
         assert img.mode == "RGB", photo
         assert 0 < max(img.size) <= 1024, photo
@@ -447,15 +451,36 @@ def tree(tmp_path):
     return root
 
 
-def test_directory_sorted_recursive_case_insensitive(tree):
-    expected = ["a.PNG", "b.jpg", "sub/c.webp", "sub/deeper/d.Tiff", "sub-x.gif", "z.JPEG"]
+def test_directory_gives_every_file_sorted_recursive(tree):
+    """Every file found is an input (what is no image becomes an error row naming it): none is dropped."""
+    expected = ["a.PNG", "b.jpg", "notes.txt", "readme.md", "sub/c.webp", "sub/deeper/d.Tiff", "sub-x.gif", "z.JPEG"]
     assert collect_inputs([tree]) == [str(tree / name) for name in expected]
 
 
 def test_directory_not_recursive(tree):
     assert collect_inputs([str(tree)], recursive=False) == [
-        str(tree / name) for name in ["a.PNG", "b.jpg", "sub-x.gif", "z.JPEG"]
+        str(tree / name) for name in ["a.PNG", "b.jpg", "notes.txt", "readme.md", "sub-x.gif", "z.JPEG"]
     ]
+
+
+def test_hidden_files_are_left_out_and_counted(tree):
+    _touch(tree, ".DS_Store", ".git/config", "sub/.thumb.jpg")
+    with pytest.warns(UserWarning, match=r"3 hidden file\(s\) or folder\(s\)"):
+        found = collect_inputs([tree])
+    assert not any("/." in path for path in found) and len(found) == 8
+
+
+def test_unsupported_formats_in_a_folder_are_error_rows_saying_how(tmp_path):
+    """AVIF and video are scored (PyAV, Pillow's AVIF); HEIC and SVG are error rows naming the format."""
+    for name, data in {"c.HEIC": b"\x00\x00\x00\x18ftypheic" + bytes(64), "d.svg": b"<svg xmlns='x'></svg>"}.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(MediaError, match="HEIC/HEIF needs a Pillow plugin: pip install pillow-heif"):
+        load_image(tmp_path / "c.HEIC")
+    with pytest.raises(MediaError, match="SVG is a vector format"):
+        load_image(tmp_path / "d.svg")
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "b.avif")
+    assert load_image(tmp_path / "b.avif").size == (40, 30)
+    assert collect_inputs([tmp_path]) == [str(tmp_path / n) for n in ("b.avif", "c.HEIC", "d.svg")]
 
 
 def test_arguments_kept_in_order_and_as_given(tree, tmp_path, monkeypatch):
@@ -472,7 +497,7 @@ def test_arguments_kept_in_order_and_as_given(tree, tmp_path, monkeypatch):
 
 
 def test_directory_without_images_warns(tree):
-    with pytest.warns(UserWarning, match="emptydir: directory contains no images"):
+    with pytest.warns(UserWarning, match="emptydir: directory contains no files to score"):
         assert collect_inputs([tree / "emptydir", tree / "b.jpg"]) == [str(tree / "b.jpg")]
 
 

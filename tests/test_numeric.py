@@ -7,6 +7,7 @@ from realqa.numeric import (
     PARSE_NO_SCORE,
     PARSE_OK,
     PARSE_OUT_OF_RANGE,
+    ParsedScore,
     ScoreFormat,
     digit_expectation,
     digit_expectation_star,
@@ -65,10 +66,9 @@ def test_digits_are_the_written_digits():
 
 def test_parse_official_answer_forms():
     fmt = ScoreFormat(1, 5)
-    assert parse_score("The quality score of this image is 3.47.", fmt) == parse_score(
-        "The quality score of this image is 3.47.", fmt
-    )
-    parsed = parse_score("The quality score of this image is 3.47.", fmt)
+    plain = "The quality score of this image is 3.47."
+    assert parse_score(plain, fmt) == ParsedScore(3.47, PARSE_OK, plain)
+    parsed = parse_score(plain, fmt)
     assert (parsed.value, parsed.status) == (3.47, PARSE_OK)
     cot = parse_score("Clarity: high. Exposure: good. Composition: balanced. So the score is <4.12>", fmt)
     assert (cot.value, cot.status) == (4.12, PARSE_OK)
@@ -155,6 +155,27 @@ def test_ncm_star_counts_only_wrong_digits():
         expected += 10.0**-p * sum(d * w / z for d, w in enumerate(weights) if d != label)
     got = digit_expectation_star(logits, DIGIT_IDS, labels)
     assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ncm_of_a_batch_of_scores_of_different_lengths_by_hand():
+    """The form training uses: a batch whose rows write 1 + 2 or 1 + 1 digits, padded to 3 positions."""
+    certain = 60.0  # every other digit has weight e^-60 against it: the sums below are exact to ~1e-25
+    row_0 = [{3: certain, 4: certain}, {4: certain}, {7: certain}]  # "3.47", the integer digit split 3 / 4
+    row_1 = [{2: certain}, {6: certain}, {9: certain}]  # "2.6", then a padded position (its 9 must not count)
+    logits = torch.stack([_logits(row_0), _logits(row_1)])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    labels = torch.tensor([[3, 4, 7], [2, 5, 0]])  # row 1 is labelled 2.5: its decimal is wrong
+    ncm = digit_expectation(logits, DIGIT_IDS, mask=mask)
+    assert ncm.tolist() == pytest.approx([0.5 * 3 + 0.5 * 4 + 0.4 + 0.07, 2 + 0.6])
+    star = digit_expectation_star(logits, DIGIT_IDS, labels, mask=mask)
+    assert star.tolist() == pytest.approx([0.5 * 4, 0.6])  # half the mass on the wrong 4; all of it on the wrong 6
+    # Unmasked, the padded position counts as a third digit; a row without digits (a category) is 0.
+    assert float(digit_expectation(logits, DIGIT_IDS)[1]) == pytest.approx(2.69)
+    assert digit_expectation(logits, DIGIT_IDS, mask=torch.zeros(2, 3)).tolist() == [0.0, 0.0]
+    # A full mask is no mask.
+    assert torch.equal(
+        digit_expectation(logits, DIGIT_IDS, mask=torch.ones(2, 3)), digit_expectation(logits, DIGIT_IDS)
+    )
 
 
 def test_ncm_is_batched_and_differentiable():

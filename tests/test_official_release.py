@@ -23,13 +23,12 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from test_checkpoints import ADAPTER_FILE, PREFIX, merged_by_hand, to_old_name
 
 from conftest import SMALL_PIXELS
-
 from realqa.cli import main as cli
 from realqa.model import CARD_FILE, ModelCard, load_model
 from realqa.tasks import Task
+from test_checkpoints import ADAPTER_FILE, PREFIX, merged_by_hand, to_old_name
 
 QUESTION = "<image>Please judge the technical quality of this photo {no braces harmed}, from 1 to 5."
 PREFIX_TEXT = "The quality score of this image is "

@@ -71,7 +71,9 @@ def test_several_questions_match_with_workers(tiny_model_dir, tmp_path):
     loaded = load_model(tiny_model_dir, device="cpu")  # random weights: answers quality and aesthetics
     images = mixed_images(tmp_path)[:9]
     plain = Scorer(loaded, batch_size=3, group_batches=1, **MIXED_PIXELS).score_tasks(images, ["quality", "aesthetics"])
-    fast = Scorer(loaded, batch_size=3, workers=1, group_batches=3, **MIXED_PIXELS).score_tasks(images, ["quality", "aesthetics"])
+    fast = Scorer(loaded, batch_size=3, workers=1, group_batches=3, **MIXED_PIXELS).score_tasks(
+        images, ["quality", "aesthetics"]
+    )
     for a, b in zip(plain, fast):
         for task in ("quality", "aesthetics"):
             assert (a[task].path, a[task].text, a[task].status) == (b[task].path, b[task].text, b[task].status)
@@ -112,6 +114,7 @@ def test_cli_workers_option_gives_the_same_file(format_model_dir, tmp_path):
             assert b["ncm"] == pytest.approx(a["ncm"], abs=1e-5)
 
 
+@pytest.mark.slow  # torch.compile
 def test_compiled_language_model_gives_the_same_results(tiny_model_dir, tmp_path):
     """--compile: torch.compile (inductor, dynamic shapes) of the language model changes no answer."""
     from realqa.engine import compile_language_model

@@ -17,7 +17,7 @@ from PIL import Image
 
 from realqa.batching import ExampleBuilder
 from realqa.media import MediaError
-from realqa.model import MAX_PIXELS, MIN_PIXELS, load_image_processor
+from realqa.model import MAX_PIXELS, MIN_PIXELS
 from realqa.preprocessing import PROFILES, profile
 
 LIMIT = 512 * 512

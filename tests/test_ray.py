@@ -20,6 +20,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow  # a local Ray cluster and its actors
 def test_ray_backend_writes_the_local_file_in_input_order_and_resumes(tiny_model_dir, tmp_path, ray_cluster, capsys):
     images = write_images(tmp_path / "images", 12)
     args = ["score", *images, "--model", str(tiny_model_dir), "--device", "cpu", "--quiet", "--batch-size", "2"]

@@ -19,6 +19,8 @@ from realqa.commands import add_commands
 from realqa.metrics import evaluate
 from realqa.report import build_report
 
+pytest.importorskip("matplotlib")  # the 'report' extra: every report draws its plots
+
 # Saturated colours that neither the page's text nor its plots use: the screenshot test finds the
 # thumbnails by them.
 COLORS = {"magenta.png": (255, 0, 255), "yellow.png": (255, 255, 0), "cyan.png": (0, 255, 255)}
@@ -89,7 +91,9 @@ def test_attributes_are_columns_nested_or_flat(tmp_path):
               "attributes": {"clarity": {"value": "good", "status": "ok", "text": "good"},
                              "exposure": {"value": None, "status": "no_value", "text": "??"}}}
     (tmp_path / "n.jsonl").write_text(json.dumps(nested) + "\n", encoding="utf-8")
-    (tmp_path / "f.csv").write_text("path,score,status,clarity,clarity_status\nb.png,2.5,ok,poor,ok\n", encoding="utf-8")
+    (tmp_path / "f.csv").write_text(
+        "path,score,status,clarity,clarity_status\nb.png,2.5,ok,poor,ok\n", encoding="utf-8"
+    )
     nested_page = build_report(tmp_path / "n.jsonl", tmp_path / "n.html").html.read_text(encoding="utf-8")
     flat_page = build_report(tmp_path / "f.csv", tmp_path / "f.html").html.read_text(encoding="utf-8")
     assert "<th>clarity</th><th>exposure</th>" in nested_page and "<td>good</td>" in nested_page
@@ -100,7 +104,9 @@ def test_attributes_are_columns_nested_or_flat(tmp_path):
 def test_report_command_with_a_labels_file(scores_csv, tmp_path, monkeypatch, capsys):
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command"))
-    (tmp_path / "mos.csv").write_text("image,mos\n" + "".join(f"{n},{v}\n" for n, v in LABELS.items()), encoding="utf-8")
+    (tmp_path / "mos.csv").write_text(
+        "image,mos\n" + "".join(f"{n},{v}\n" for n, v in LABELS.items()), encoding="utf-8"
+    )
     monkeypatch.chdir(tmp_path)
     args = parser.parse_args(["report", str(scores_csv), "--out", "r.html", "--labels", "mos.csv"])
     assert args.run(args) == 0

@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import ROOT
 from realqa.cli import main
-from realqa.results import ResumableOutput, ResultWriter, ScoreResult, read_complete_rows
+from realqa.results import ResultWriter, ResumableOutput, ScoreResult, read_complete_rows
 
 SETTINGS = {"model": "m", "task": "quality"}
 
@@ -134,6 +134,7 @@ def test_cli_resume_refusal_and_overwrite(tiny_model_dir, tmp_path, capsys):
 # ---------------------------------------------------------------- kill -9 mid-run
 
 
+@pytest.mark.slow  # a scoring process, killed and run again
 @pytest.mark.parametrize("suffix", [".csv"])
 def test_kill_9_then_rerun_gives_every_input_once(tiny_model_dir, tmp_path, suffix):
     images = write_images(tmp_path / "images", 40)
@@ -165,7 +166,8 @@ def test_kill_9_then_rerun_gives_every_input_once(tiny_model_dir, tmp_path, suff
     assert [r["path"] for r in got] == images  # every input exactly once, in input order
     assert sum(r["status"] == "error" for r in got) == 1
     for a, b in zip(got, want):
-        assert (a["path"], a["status"], a["text"], a["score"], a["error"]) == (b["path"], b["status"], b["text"], b["score"], b["error"])
+        keys = ("path", "status", "text", "score", "error")
+        assert [a[key] for key in keys] == [b[key] for key in keys]
         if b["ncm"]:
             assert float(a["ncm"]) == pytest.approx(float(b["ncm"]), abs=1e-5)
 

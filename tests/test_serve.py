@@ -18,10 +18,10 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from conftest import SMALL_PIXELS
 from realqa.engine import load_scorer
 from realqa.results import ScoreResult
 from realqa.serve import MicroBatcher, ServeLimits, create_app
-from conftest import SMALL_PIXELS
 
 
 def png(color=(200, 30, 30), size=(64, 48)) -> bytes:
@@ -41,14 +41,14 @@ class StubScorer:
         self.batches: list[tuple[str, int]] = []
 
     def score(self, images, task="quality", *, decimals=None, batch_size=None):
-        self.batches.append((task, len(images)))
         time.sleep(self.delay)
         results = []
-        for i, image in enumerate(images):
+        for i, image in enumerate(images):  # any iterable, taken one image at a time as the real scorer does
             red = image.getpixel((0, 0))[0]
             if red == 13:
                 raise RuntimeError("the model broke")
             results.append(ScoreResult(f"<image {i}>", task, red / 50, None, "ok", f"{red / 50:.2f}"))
+        self.batches.append((task, len(results)))
         return results
 
 

@@ -10,8 +10,17 @@ from PIL import Image
 
 from realqa.data.manifest import read_manifest
 from realqa.data.synth import (
-    CLEAN_ATTRIBUTES, DISTORTIONS, Applied, Job, attribute_labels, colourfulness, plan, pseudo_score, render,
-    synthesize, working_size,
+    CLEAN_ATTRIBUTES,
+    DISTORTIONS,
+    Applied,
+    Job,
+    attribute_labels,
+    colourfulness,
+    plan,
+    pseudo_score,
+    render,
+    synthesize,
+    working_size,
 )
 
 
@@ -189,11 +198,15 @@ def test_a_working_size_is_applied_before_the_distortions(photos, tmp_path):
             assert image.size == (112, 56)  # 160 x 112 photos shrunk onto the grid (as the processor would)
         for d in sample.info["distortions"]:
             if d["type"] == "gaussian_blur":  # spatial: given for the image's own long side
-                assert d["parameter"] == pytest.approx(DISTORTIONS["gaussian_blur"].parameter(d["severity"], 112), abs=1e-4)
+                assert d["parameter"] == pytest.approx(
+                    DISTORTIONS["gaussian_blur"].parameter(d["severity"], 112), abs=1e-4
+                )
     # Noise of the stated strength in the stored image (not shrunk away afterwards).
     clean = next(s for s in test.samples if not s.info["distortions"])
     noisy = next(s for s in test.samples if s.info["distortions"] and s.info["distortions"][0]["type"] == "noise"
                  and s.info["distortions"][0]["level"] == 2 and s.info["photo"] == clean.info["photo"])
-    difference = (np.asarray(Image.open(test.image_path(noisy)), float) - np.asarray(Image.open(test.image_path(clean)), float))
+    difference = np.asarray(Image.open(test.image_path(noisy)), float) - np.asarray(
+        Image.open(test.image_path(clean)), float
+    )
     assert difference.std() > 0.8 * DISTORTIONS["noise"].high
     assert json.loads((tmp_path / "small" / "synth.json").read_text())["settings"]["max_pixels"] == budget

@@ -5,11 +5,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, SMALL_PIXELS
 from realqa.cli import main
 from realqa.data.manifest import read_manifest, write_manifest
-from realqa.train import AnswerEncoder, load_config, lora_targets, mix_sources, train, DataSource, TrainItem
+from realqa.train import AnswerEncoder, DataSource, TrainItem, load_config, lora_targets, mix_sources, train
 
 PIXELS = [f"min_pixels={SMALL_PIXELS['min_pixels']}", f"max_pixels={SMALL_PIXELS['max_pixels']}"]
 
@@ -120,12 +121,14 @@ def test_lora_targets_cover_language_model_and_vision_blocks_not_the_projector(t
 # ---------------------------------------------------------------- training runs
 
 
+@pytest.mark.slow
 def test_full_finetune_learns_the_toy_task(tiny_model_dir, toy, tmp_path):
     """Brightness -> score is learnable. Threshold: with 16 held-out images, SRCC >= 0.6 has a chance
     probability below 1% under no association (critical value ~0.59 at p = 0.01, one-sided)."""
     train_manifest, test_manifest = toy
-    result = train(load_config(None, _overrides(tiny_model_dir, tmp_path / "full", train_manifest, f"eval=[{test_manifest}]",
-                                                "finetuning=full", "learning_rate=3e-3", "epochs=20")), log=lambda m: None)
+    overrides = _overrides(tiny_model_dir, tmp_path / "full", train_manifest, f"eval=[{test_manifest}]",
+                           "finetuning=full", "learning_rate=3e-3", "epochs=20")
+    result = train(load_config(None, overrides), log=lambda m: None)
     losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
     assert losses[-1] < losses[0] / 5
     final = result.held_out[-1]
@@ -133,15 +136,85 @@ def test_full_finetune_learns_the_toy_task(tiny_model_dir, toy, tmp_path):
     assert final["heldout_test_quality_srcc"] >= 0.6, final
     evaluation = [entry for entry in result.log_history if "eval_ncm_mae" in entry][-1]
     assert 0 <= evaluation["eval_ncm_mae"] < 1.5 and evaluation["eval_ncm_star"] >= 0
+    mae, star = _ncm_by_hand(result.model, tiny_model_dir, test_manifest)
+    assert evaluation["eval_ncm_mae"] == pytest.approx(mae, abs=1e-4)
+    assert evaluation["eval_ncm_star"] == pytest.approx(star, abs=1e-4)
     card = json.loads((tmp_path / "full" / "realqa_card.json").read_text())
     assert card["tasks"]["quality"]["decimals"] == 2 and card["trained_on"] == [str(train_manifest)]
 
 
+def _ncm_by_hand(model, base_dir, manifest) -> tuple[float, float]:
+    """Mean |NCM - label| and mean NCM* over the manifest's images, from the model's digit probabilities at
+    the label's digit positions (teacher-forced on the label's answer, one image at a time), summed here."""
+    from realqa.batching import ExampleBuilder, collate
+    from realqa.compat import accepts_token_types
+    from realqa.model import load_model
+    from realqa.train import ScoreConversations, read_source
+
+    base = load_model(base_dir, device="cpu")
+    tasks = {name: task.with_decimals(2) for name, task in base.card.tasks.items()}
+    encoder = AnswerEncoder(base.tokenizer, tasks, base.digit_ids)
+    image_token = base.model.config.image_token_id
+    examples = ScoreConversations(read_source(DataSource(str(manifest)))[0], encoder,
+                                  ExampleBuilder(base.image_processor, image_token, **SMALL_PIXELS))
+    model.eval()
+    errors, stars = [], []
+    for example in examples:
+        batch = collate([example], pad_id=0, image_token_id=image_token, token_types=accepts_token_types(model))
+        with torch.no_grad():
+            logits = model(**batch).logits[0].double()
+        ncm = star = 0.0
+        for place, (position, label) in enumerate(
+            zip(example.extra["digit_positions"], example.extra["target_digits"])
+        ):
+            weights = [math.exp(float(logits[position - 1, token])) for token in base.digit_ids]
+            probs = [w / sum(weights) for w in weights]
+            ncm += 10.0**-place * sum(digit * p for digit, p in enumerate(probs))
+            star += 10.0**-place * sum(digit * p for digit, p in enumerate(probs) if digit != label)
+        errors.append(abs(ncm - example.extra["target_value"]))
+        stars.append(star)
+    return sum(errors) / len(errors), sum(stars) / len(stars)
+
+
+def test_training_ncm_terms_by_hand():
+    """The trainer's NCM terms (loss and evaluation metrics) are realqa.numeric's, read at the logits that
+    predict each row's digits, over the digits each row has."""
+    from types import SimpleNamespace
+
+    from realqa.train import ScoreTrainer
+    from realqa.train.trainer import batch_ncm
+
+    digit_ids, certain = list(range(10, 20)), 60.0
+    logits = torch.zeros(3, 6, 30)  # (rows, sequence, vocabulary)
+    # Row 0 answers 3.47 (digits at positions 2, 3, 4: predicted at 1, 2, 3), unsure of its integer digit.
+    logits[0, 1, digit_ids[3]] = logits[0, 1, digit_ids[4]] = certain
+    logits[0, 2, digit_ids[4]] = logits[0, 3, digit_ids[7]] = certain
+    # Row 1 is labelled 2.5 (positions 3, 4; one decimal) and reads 2.6; row 2 answers a category (no digits).
+    logits[1, 2, digit_ids[2]] = logits[1, 3, digit_ids[6]] = certain
+    logits[1, 4, digit_ids[9]] = certain  # after its last digit: must not count
+    score = {"digit_positions": torch.tensor([[2, 3, 4], [3, 4, 0], [0, 0, 0]]),
+             "digit_mask": torch.tensor([[1, 1, 1], [1, 1, 0], [0, 0, 0]]),
+             "target_digits": torch.tensor([[3, 4, 7], [2, 5, 0], [0, 0, 0]]),
+             "target_value": torch.tensor([3.47, 2.5, 0.0])}
+    expected, wrong, rows = batch_ncm(logits, score, digit_ids)
+    assert expected.tolist() == pytest.approx([0.5 * 3 + 0.5 * 4 + 0.4 + 0.07, 2.6, 0.0])
+    assert wrong.tolist() == pytest.approx([0.5 * 4, 0.6, 0.0]) and rows.tolist() == [True, True, False]
+
+    trainer = SimpleNamespace(digit_ids=digit_ids, _ncm_totals={})
+    ScoreTrainer._record_ncm(trainer, logits, score)
+    ScoreTrainer._record_ncm(trainer, logits[:1], {key: value[:1] for key, value in score.items()})
+    # Three scored rows: |3.97 - 3.47| twice and |2.6 - 2.5|; NCM* 2.0 twice and 0.6.
+    assert trainer._ncm_totals == {"n": 3, "abs": pytest.approx(0.5 + 0.5 + 0.1),
+                                   "star": pytest.approx(2.0 + 2.0 + 0.6)}
+
+
+@pytest.mark.slow
 def test_lora_adapter_round_trips_through_realqa_score(tiny_model_dir, toy, tmp_path):
     train_manifest, test_manifest = toy
     out = tmp_path / "lora"
-    result = train(load_config(None, _overrides(tiny_model_dir, out, train_manifest, "lora.rank=8", "learning_rate=1e-2",
-                                                "max_steps=30", "ncm_loss_weight=0.1")), log=lambda m: None)
+    overrides = _overrides(tiny_model_dir, out, train_manifest, "lora.rank=8", "learning_rate=1e-2", "max_steps=30",
+                           "ncm_loss_weight=0.1")
+    result = train(load_config(None, overrides), log=lambda m: None)
     assert (out / "adapter_config.json").is_file() and (out / "realqa_card.json").is_file()
     images = [str(read_manifest(test_manifest).image_path(s)) for s in read_manifest(test_manifest).samples][:8]
 
@@ -150,8 +223,10 @@ def test_lora_adapter_round_trips_through_realqa_score(tiny_model_dir, toy, tmp_
 
     base = load_model(tiny_model_dir, device="cpu")
     result.model.eval()
-    in_process = Scorer(ScoringModel(result.model, base.tokenizer, base.image_processor, ModelCard(), base.digit_ids, "x"),
-                        **SMALL_PIXELS).score(images)
+    in_process = Scorer(
+        ScoringModel(result.model, base.tokenizer, base.image_processor, ModelCard(), base.digit_ids, "x"),
+        **SMALL_PIXELS,
+    ).score(images)
     scores_file = tmp_path / "scores.jsonl"
     # No pixel bounds given: the adapter's card carries the ones training used.
     assert main(["score", *images, "--model", str(tiny_model_dir), "--adapter", str(out), "--out", str(scores_file),
@@ -165,6 +240,7 @@ def test_lora_adapter_round_trips_through_realqa_score(tiny_model_dir, toy, tmp_
             assert row["ncm"] == pytest.approx(result_row.ncm, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_continues(tiny_model_dir, toy, tmp_path):
     train_manifest, _ = toy
     out = tmp_path / "resume"
@@ -177,10 +253,11 @@ def test_resume_from_checkpoint_continues(tiny_model_dir, toy, tmp_path):
     assert min(logged_steps) > 4  # the steps before the checkpoint were not run again
 
 
+@pytest.mark.slow
 def test_train_command_line(tiny_model_dir, toy, tmp_path, capsys):
     train_manifest, _ = toy
-    code = main(["train", *_overrides(tiny_model_dir, tmp_path / "cli", train_manifest, "max_steps=2", "finetuning=full"),
-                 "--decimals", "1"])
+    overrides = _overrides(tiny_model_dir, tmp_path / "cli", train_manifest, "max_steps=2", "finetuning=full")
+    code = main(["train", *overrides, "--decimals", "1"])
     assert code == 0
     assert "trained 2 steps" in capsys.readouterr().err
     card = json.loads((tmp_path / "cli" / "realqa_card.json").read_text())
@@ -189,15 +266,17 @@ def test_train_command_line(tiny_model_dir, toy, tmp_path, capsys):
     assert "unknown key(s) bogus" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_identical_weights(tiny_model_dir, toy, tmp_path):
     train_manifest, _ = toy
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29513",
+    # --standalone: a rendezvous on a free local port (a fixed port collides with a concurrent run).
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(ROOT / "tests" / "dist_train.py"), str(out),
-               *[o for o in _overrides(tiny_model_dir, out, train_manifest, "lora.rank=4", "max_steps=6", "per_device_batch_size=4")
-                 if not o.startswith("output_dir=")]]
+               *[o for o in _overrides(tiny_model_dir, out, train_manifest, "lora.rank=4", "max_steps=6",
+                                       "per_device_batch_size=4") if not o.startswith("output_dir=")]]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     digests = [(out / f"digest_rank{r}.txt").read_text().split() for r in (0, 1)]

@@ -17,18 +17,10 @@ from realqa import data
 from realqa.bench import run_bench
 from realqa.engine import load_scorer
 from realqa.job import VideoOptions
-from realqa.media import MediaError
+from realqa.media import FrameSampling, MediaError, is_video, sample_frames
 from realqa.model import build_tiny_model
 from realqa.results import ScoreResult
-from realqa.video import (
-    FrameSampling,
-    FrameWriter,
-    is_video,
-    iter_with_videos,
-    sample_frames,
-    score_video,
-    video_inputs,
-)
+from realqa.video import FrameWriter, iter_with_videos, score_video, video_inputs
 
 av = pytest.importorskip("av")  # the 'video' extra
 
@@ -236,13 +228,13 @@ def test_video_mode_on_qwen2_5_vl(tmp_path):
 
 
 def write_clips(folder: Path) -> list[Path]:
-    """Ten-second textured clips (a moving pattern over noise, two sizes and codecs) and an empty file."""
+    """Ten-second textured clips (a moving pattern over noise; landscape and portrait) and an empty file."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(3)
-    for name, codec, (width, height) in [("moving.mp4", "mpeg4", (96, 64)), ("tall.mp4", "h264", (64, 112))]:
+    for name, (width, height) in [("moving.mp4", (96, 64)), ("tall.mp4", (64, 112))]:
         y, x = np.mgrid[0:height, 0:width]
         with av.open(str(folder / name), "w") as out:
-            stream = out.add_stream(codec, rate=10)
+            stream = out.add_stream("mpeg4", rate=10)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             for i in range(100):
                 pattern = 128 + 90 * np.sin((x + 2 * i) / 6.0) * np.cos((y - i) / 9.0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from PIL import Image
 
 from realqa.data.manifest import write_manifest

@@ -5,12 +5,12 @@ Scoring and training both build their batches here, so the model sees the same i
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
+from .compat import accepts_token_types  # noqa: F401 (its old home: still importable from here)
 from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError, load_image
 from .model import MAX_PIXELS, MIN_PIXELS
 from .preprocessing import DEFAULT_PROFILE, profile
@@ -74,12 +74,6 @@ class ExampleBuilder:
             labels = list(labels)
             labels = labels[:at] + [IGNORE_INDEX] * count + labels[at + 1 :]
         return Example(expanded, features["pixel_values"], grid, labels)
-
-
-def accepts_token_types(model) -> bool:
-    """transformers >= 5.2x wants ``mm_token_type_ids`` for M-RoPE; earlier 5.x releases reject it."""
-    forward = getattr(model, "get_base_model", lambda: model)().forward
-    return "mm_token_type_ids" in inspect.signature(forward).parameters
 
 
 def collate(

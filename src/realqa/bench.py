@@ -12,18 +12,17 @@ import contextlib
 import csv
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
 from .conversations import read_conversations
+from .data.manifest import read_manifest
+from .data.records import ALL, TEST, Dataset
 from .job import ScoreJob, TaskOptions, VideoOptions, iter_rows
 from .metrics import evaluate, rmse
 from .numeric import PARSE_NO_SCORE, PARSE_OK, PARSE_OUT_OF_RANGE
-from .results import STATUS_ERROR
-from .data.manifest import read_manifest
-from .data.records import ALL, TEST, Dataset
+from .results import STATUS_ERROR, spreadsheet_safe
 from .video import FrameWriter
 
 PREDICTION_FIELDS = ("id", "image", "label", "label_native", "score", "score_native", "ncm", "status", "text", "error")
@@ -211,7 +210,7 @@ def _bench_row(name: str, task: str, split: str, labelled: Sequence[_Labelled], 
                 "score": result.score, "score_native": _native(result.score, to_native), "ncm": result.ncm,
                 "status": result.status, "text": result.text, "error": result.error,
             }
-            writer.writerow({key: "" if value is None else value for key, value in row.items()})
+            writer.writerow(spreadsheet_safe(row))
     result = evaluate(preds, labels)
     scored = [(p, e.native) for p, e in zip(preds, labelled) if p is not None and math.isfinite(p)]
     native_rmse = rmse([to_native(p) for p, _ in scored], [n for _, n in scored]) if scored else math.nan

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Sequence
 
 from .cli.options import add_model_arguments, model_options
 from .serve import MiB, ServeLimits

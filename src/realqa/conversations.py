@@ -197,7 +197,9 @@ def read_answer(question: str, answer: str) -> dict:
     written, start, end = match.group(group), match.start(group), match.end(group)
     decimals = len(written.partition(".")[2])
     if decimals > MAX_DECIMALS:
-        raise ConversationError(f"the answer's score {written} has {decimals} decimals; at most {MAX_DECIMALS} are read")
+        raise ConversationError(
+            f"the answer's score {written} has {decimals} decimals; at most {MAX_DECIMALS} are read"
+        )
     before = [m for m in named if m.start() <= match.start()] or named
     name = _slug(before[-1].group(1)) if before else "score"
     low, high = _score_range(question, name)

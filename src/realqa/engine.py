@@ -23,18 +23,20 @@ from __future__ import annotations
 import inspect
 import re
 import sys
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .batching import Example, ExampleBuilder, accepts_token_types, collate
+from .batching import Example, ExampleBuilder, collate
 from .chat import DEFAULT_COT_FORM, read_cot_attributes, render_prompt
+from .compat import accepts_token_types, base_model, cache_argument, returned_cache
 from .conversations import Conversation, question_groups
 from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError
 from .model import ScoringModel, load_model, uncarded_note
-from .prefetch import prepare_examples
 from .numeric import PARSE_NO_SCORE, digit_expectation
+from .prefetch import HostBuffers, prepare_examples, run_ahead
 from .results import ScoreResult
 from .tasks import Task
 
@@ -72,7 +74,10 @@ class Scorer:
         workers: int = 0,
         group_batches: int = 4,
         preprocessing: str | None = None,
+        background: bool | None = None,
     ):
+        """``background``: collate batches in a thread ahead of the model, into reused page-locked
+        buffers (default: on CUDA; on a CPU the model's threads use the cores)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if workers < 0 or group_batches < 1:
@@ -94,14 +99,17 @@ class Scorer:
             preprocessing=preprocessing or loaded.card.preprocessing,
         )
         tokenizer = loaded.tokenizer
-        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._pad_id = loaded.pad_id
         self._eos_id = tokenizer.eos_token_id
         self._token_types = accepts_token_types(loaded.model)
-        # transformers 5.2x renamed the forward's `past_key_values` to `cache`.
-        forward_params = inspect.signature(loaded.model.forward).parameters
-        self._cache_arg = "cache" if "cache" in forward_params else "past_key_values"
+        self._cache_arg = cache_argument(loaded.model)  # `cache` from transformers 5.2x, `past_key_values` before
         self._digit_index = torch.tensor(loaded.digit_ids)
+        self._digit_index_on: dict[torch.device, torch.Tensor] = {}
         self._prompts: dict[Question, list[int]] = {}
+        self.background = background
+        inner = getattr(base_model(loaded.model), "model", None)
+        self._visual = getattr(inner, "visual", None)
+        self._vision_inputs = precomputed_vision_inputs(loaded.model)  # what the vision tower takes precomputed
 
     # ------------------------------------------------------------ tasks
 
@@ -185,20 +193,56 @@ class Scorer:
         """For each input, in order, one result per question."""
         size = batch_size or self.batch_size
         prompts = [self.prompt_ids(q) for q in questions]
-        shared = self._shared_prefix(prompts)
+        # One question: its whole prompt is prefilled, and the prefill's logits give the first answer token.
+        shared = len(prompts[0]) if len(prompts) == 1 else self._shared_prefix(prompts)
         suffixes = [p[shared:] for p in prompts]
         limits = [self._max_new_tokens(q) for q in questions]
+        plan = self._plan(suffixes, limits)
         window = size * self.group_batches
         prepared = prepare_examples(images, self.examples, prompts[0][:shared], dtype=self.loaded.dtype,
                                     workers=self.workers, chunk=size, ahead=2 * window)
-        chunk: list = []
-        for item in prepared:
-            chunk.append(item)
-            if len(chunk) == window:
-                yield from self._score_window(chunk, questions, suffixes, limits, size)
-                chunk = []
-        if chunk:
-            yield from self._score_window(chunk, questions, suffixes, limits, size)
+        cuda = self.loaded.device.type == "cuda"
+        background = cuda if self.background is None else self.background
+        depth = 2
+        buffers = HostBuffers(depth + 2 if background else 1, pinned=cuda)
+        work = self._batches(prepared, plan, size, window, buffers)
+        if background:
+            work = run_ahead(work, depth)
+        results: dict[int, list[ScoreResult]] = {}
+        windows: deque = deque()  # windows whose batches are not all read yet, in input order
+        pending = None  # the batch launched last: read once the next one is on its way
+
+        def read(items, launched) -> None:
+            for (index, label, _), per_question in zip(items, launched.answers()):
+                results[index] = [self._read(label, q, a) for q, a in zip(questions, per_question)]
+
+        try:
+            for items, batch in work:
+                if batch is None:  # the end of a window
+                    for index, label, example in items:
+                        if isinstance(example, MediaError):
+                            results[index] = [ScoreResult.failed(label, q.task.name, str(example)) for q in questions]
+                    windows.append(items)
+                else:
+                    try:
+                        launched = self._answer([example for _, _, example in items], suffixes, limits, batch, True)
+                    finally:  # the device has its copy (on a CPU, the batch is done): the slot may be refilled
+                        buffers.give_back(batch.slot, after=batch.copied)
+                    if pending is not None:  # read the previous batch while the device works on this one
+                        read(*pending)
+                    pending = (items, launched)
+                while windows and all(index in results for index, _, _ in windows[0]):
+                    for index, _, _ in windows.popleft():  # a window's inputs, in input order
+                        yield results.pop(index)
+            if pending is not None:
+                read(*pending)
+                pending = None
+            for items in windows:
+                for index, _, _ in items:
+                    yield results.pop(index)
+        finally:
+            buffers.close()
+            work.close()
 
     # ------------------------------------------------------------ prompts
 
@@ -248,26 +292,42 @@ class Scorer:
 
     # ------------------------------------------------------------ steps
 
-    def _score_window(self, window: Sequence[tuple], questions: Sequence[Question], suffixes: Sequence[list[int]],
-                      limits: Sequence[int], size: int) -> list[list[ScoreResult]]:
-        """Score a window of prepared inputs in batches of similar length; results in input order."""
-        results: dict[int, list[ScoreResult]] = {}
-        ready = []
-        for index, label, example in window:
-            if isinstance(example, MediaError):
-                results[index] = [ScoreResult.failed(label, q.task.name, str(example)) for q in questions]
-            else:
-                ready.append((index, label, example))
+    def _plan(self, suffixes: Sequence[Sequence[int]], limits: Sequence[int]) -> "_Plan":
+        """What a batch of these questions needs, fixed for a whole run of batches."""
+        visual = self._visual
+        flash = "flash" in str(getattr(getattr(visual, "config", None), "_attn_implementation", ""))
+        return _Plan(tuple(tuple(s) for s in suffixes), tuple(limits), self._vision_inputs, flash)
+
+    def _batches(self, prepared: Iterable[tuple], plan: "_Plan", size: int, window: int,
+                 buffers: HostBuffers) -> Iterator[tuple[list, "_HostBatch | None"]]:
+        """``(items, host batch)`` per model batch, then ``(window's items, None)`` per window.
+
+        Within a window of ``window`` prepared inputs the usable ones are sorted by prompt length
+        (their visual-token count) and cut into batches of ``size``, so a batch pads little.
+        """
+        chunk: list = []
+        for item in prepared:
+            chunk.append(item)
+            if len(chunk) == window:
+                yield from self._window_batches(chunk, plan, size, buffers)
+                chunk = []
+        if chunk:
+            yield from self._window_batches(chunk, plan, size, buffers)
+
+    def _window_batches(self, chunk: list, plan: "_Plan", size: int, buffers: HostBuffers):
+        ready = [item for item in chunk if not isinstance(item[2], MediaError)]
         ready.sort(key=lambda item: len(item[2].input_ids))  # stable: equal lengths stay in input order
         for start in range(0, len(ready), size):
-            batch = ready[start:start + size]
-            answers = self._answer([example for _, _, example in batch], suffixes, limits)
-            for (index, label, _), per_question in zip(batch, answers):
-                results[index] = [self._read(label, q, a) for q, a in zip(questions, per_question)]
-        return [results[index] for index, _, _ in window]
+            items = ready[start:start + size]
+            slot = buffers.take()
+            if slot is None:  # the consumer has stopped
+                return
+            yield items, self._host_batch([example for _, _, example in items], plan, slot)
+        yield chunk, None
 
     def collate(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        """Left-padded batch on the model's device and dtype."""
+        """Left-padded batch on the model's device and dtype: the model's plain inputs (for ``model(**batch)``
+        or ``generate``). Scoring itself prefills from :meth:`_host_batch`, which adds what the engine knows."""
         batch = collate(examples, pad_id=self._pad_id, image_token_id=self._image_token_id,
                         padding_side="left", token_types=self._token_types)
         batch["pixel_values"] = batch["pixel_values"].to(self.loaded.dtype)
@@ -287,66 +347,182 @@ class Scorer:
         w = grids[:, 2] // self._merge
         return torch.maximum(torch.maximum(t, h), w) - t * h * w
 
+    def _mrope_positions(self, example: Example, out: torch.Tensor) -> None:
+        """Write the example's M-RoPE position ids (3, its length) into ``out``: what transformers'
+        ``get_rope_index`` computes, without its per-row host round trips. Text counts up; the
+        image's tokens take (t, h, w) grid positions from where it starts; text after it continues
+        from its largest position + 1."""
+        ids = example.input_ids
+        at = ids.index(self._image_token_id)
+        t, h, w = (int(v) for v in example.image_grid_thw[0].tolist())
+        h, w = h // self._merge, w // self._merge
+        count = t * h * w
+        out[:, :at] = torch.arange(at)
+        grid = out[:, at:at + count].view(3, t, h, w)
+        grid[0] = torch.arange(at, at + t).view(t, 1, 1)
+        grid[1] = torch.arange(at, at + h).view(1, h, 1)
+        grid[2] = torch.arange(at, at + w).view(1, 1, w)
+        after = at + max(t, h, w)
+        out[:, at + count:] = torch.arange(after, after + len(ids) - at - count)
+
+    def _host_batch(self, examples: Sequence[Example], plan: "_Plan", slot) -> "_HostBatch":
+        """Everything a batch's prefill and decode need, built on the host into ``slot``'s buffers
+        (page-locked on CUDA: copied without blocking): the left-padded inputs, their M-RoPE
+        positions, the vision tower's precomputed inputs, each row's question suffix and limits."""
+        n_images, n_questions = len(examples), len(plan.suffixes)
+        rows = n_images * n_questions
+        long = torch.long
+        lengths = [len(e.input_ids) for e in examples]
+        width = max(lengths)
+        tensors: dict[str, torch.Tensor] = {}
+        host: dict[str, torch.Tensor] = {}
+        scalars: dict[str, int] = {}
+
+        input_ids = tensors["input_ids"] = slot.empty("input_ids", (n_images, width), long).fill_(self._pad_id)
+        mask = tensors["attention_mask"] = slot.empty("attention_mask", (n_images, width), long).zero_()
+        positions = tensors["position_ids"] = slot.empty("position_ids", (3, n_images, width), long).zero_()
+        for row, (example, n) in enumerate(zip(examples, lengths)):
+            input_ids[row, width - n:] = torch.as_tensor(example.input_ids, dtype=long)
+            mask[row, width - n:] = 1
+            self._mrope_positions(example, positions[:, row, width - n:])
+        dtype = self.loaded.dtype
+        patches = sum(e.pixel_values.shape[0] for e in examples)
+        channels = examples[0].pixel_values.shape[1]
+        pixels = tensors["pixel_values"] = slot.empty("pixel_values", (patches, channels), dtype)
+        torch.cat([e.pixel_values.to(dtype) for e in examples], out=pixels)
+        grids = tensors["image_grid_thw"] = slot.empty("image_grid_thw", (n_images, 3), long)
+        torch.cat([e.image_grid_thw for e in examples], out=grids)
+        if self._token_types:
+            tensors["mm_token_type_ids"] = slot.empty("mm_token_type_ids", (n_images, width), long).copy_(
+                input_ids == self._image_token_id)
+        self._vision_host_inputs(grids, plan, slot, tensors, host, scalars)
+
+        valid = torch.tensor(lengths, dtype=long).repeat_interleave(n_questions)
+        offset = self._text_position_offset(grids).repeat_interleave(n_questions)
+        first = valid + offset  # the position of the first token after the prefix
+        limits = tensors["row_limits"] = slot.empty("row_limits", (rows,), long)
+        limits.copy_(torch.tensor(plan.limits, dtype=long).repeat(n_images))
+        longest = max(len(s) for s in plan.suffixes)
+        if longest:  # the questions' own tokens, after the shared prefix (row b * Q + q: image b, question q)
+            suffix_ids = tensors["suffix_ids"] = slot.empty("suffix_ids", (rows, longest), long).fill_(self._pad_id)
+            suffix_mask = slot.empty("suffix_mask", (rows, longest), long).zero_()
+            for q, suffix in enumerate(plan.suffixes):  # left-padded, so every row's last token is at the end
+                if suffix:
+                    suffix_ids[q::n_questions, longest - len(suffix):] = torch.as_tensor(suffix, dtype=long)
+                    suffix_mask[q::n_questions, longest - len(suffix):] = 1
+            full_mask = tensors["suffix_attention_mask"] = slot.empty("suffix_attention_mask", (rows, width + longest),
+                                                                      long)
+            full_mask[:, :width] = mask.repeat_interleave(n_questions, dim=0)
+            full_mask[:, width:] = suffix_mask
+            suffix_positions = tensors["suffix_positions"] = slot.empty("suffix_positions", (rows, longest), long)
+            torch.add(first[:, None] - 1, suffix_mask.cumsum(-1), out=suffix_positions)
+            first = suffix_positions[:, -1] + 1
+        tensors["next_position"] = slot.empty("next_position", (rows,), long).copy_(first)
+        return _HostBatch(tensors, host, scalars, slot)
+
+    def _vision_host_inputs(self, grids: torch.Tensor, plan: "_Plan", slot, tensors: dict, host: dict,
+                            scalars: dict) -> None:
+        """The vision tower's position ids and attention boundaries (and Qwen2.5-VL's windows), computed
+        here by transformers' own functions where the installed forward takes them precomputed; it
+        otherwise derives them from the grids on the GPU, waiting on the device in every block.
+
+        Without flash attention the boundaries stay on the host: the tower only reads them as a
+        list (the split of its attention per image), so they need no trip to the GPU and back."""
+        accepted = plan.vision
+        if not accepted:
+            return
+        from transformers import vision_utils
+
+        visual = self._visual
+        bounds = tensors if plan.flash else host
+        if "position_ids" in accepted:
+            value = vision_utils.get_vision_position_ids(grids, visual.spatial_merge_size)
+            tensors["image_position_ids"] = slot.empty("image_position_ids", value.shape, value.dtype).copy_(value)
+        if "cu_seqlens" in accepted:
+            value = vision_utils.get_vision_cu_seqlens(grids)
+            bounds["image_cu_seqlens"] = slot.empty("image_cu_seqlens", value.shape, value.dtype).copy_(value)
+            if plan.flash and "max_seqlen" in accepted:
+                scalars["image_max_seqlen"] = int((value[1:] - value[:-1]).max())
+        if "window_index" in accepted:
+            index, bounds_w = vision_utils.get_vision_window_index(
+                grids, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
+                patch_size=visual.patch_size)
+            tensors["image_window_index"] = slot.empty("image_window_index", index.shape, index.dtype).copy_(index)
+            bounds["image_cu_window_seqlens"] = slot.empty("image_cu_window_seqlens", bounds_w.shape,
+                                                           bounds_w.dtype).copy_(bounds_w)
+            if plan.flash and "max_window_seqlen" in accepted:
+                scalars["image_max_window_seqlen"] = int((bounds_w[1:] - bounds_w[:-1]).max())
+
+    def _digit_index_for(self, device: torch.device) -> torch.Tensor:
+        if device not in self._digit_index_on:
+            self._digit_index_on[device] = self._digit_index.to(device)
+        return self._digit_index_on[device]
+
     @torch.inference_mode()
-    def _answer(self, examples: Sequence[Example], suffixes: Sequence[list[int]],
-                max_new_tokens: Sequence[int]) -> list[list[_Answer]]:
+    def _answer(self, examples: Sequence[Example], suffixes: Sequence[list[int]], max_new_tokens: Sequence[int],
+                batch: "_HostBatch | None" = None, later: bool = False) -> "list[list[_Answer]] | _Pending":
+        """Greedy answers to every question for a batch of examples (built with the shared prefix).
+        ``later``: return them on their way to the host (:class:`_Pending`), the device still working.
+
+        One prefill of the prefix (the whole prompt when every suffix is empty); with suffixes, the
+        cache is repeated once per question (not for one) and the questions' own tokens prefilled;
+        either way the last forward's logits give each row's first answer token. Then one forward
+        per token. The host never waits for the device inside the loop: the step count is known
+        here, and whether every row already ended is read two steps late on CUDA.
+        """
         model = self.loaded.model
         device = self.loaded.device
         n_images, n_questions = len(examples), len(suffixes)
-        prefix = self.collate(examples)
-        outputs = model(**prefix, use_cache=True, logits_to_keep=1)
-        cache = _returned_cache(outputs)
-        cache.batch_repeat_interleave(n_questions)  # row b * Q + q: image b, question q
-
         rows = n_images * n_questions
-        prefix_mask = prefix["attention_mask"].repeat_interleave(n_questions, dim=0)
-        valid = prefix_mask.sum(-1)  # real prefix tokens per row
-        offset = self._text_position_offset(prefix["image_grid_thw"]).repeat_interleave(n_questions)
-        longest = max(len(s) for s in suffixes)
-        suffix_ids = torch.full((rows, longest), self._pad_id, dtype=torch.long, device=device)
-        suffix_mask = torch.zeros((rows, longest), dtype=torch.long, device=device)
-        for q, suffix in enumerate(suffixes):  # left-padded, so every row's last token is at the end
-            suffix_ids[q::n_questions, longest - len(suffix):] = torch.tensor(suffix, device=device)
-            suffix_mask[q::n_questions, longest - len(suffix):] = 1
-        mask = torch.cat([prefix_mask, suffix_mask], dim=1)
-        positions = valid[:, None] + suffix_mask.cumsum(-1) - 1 + offset[:, None]
-        limits = torch.tensor(max_new_tokens, device=device).repeat(n_images)
+        if batch is None:
+            batch = self._host_batch(examples, self._plan(suffixes, max_new_tokens), HostBuffers(1).take())
+        inputs = batch.to(device)
+        prefill = {key: inputs[key] for key in inputs if key not in _DECODE_KEYS}
+        outputs = model(**prefill, use_cache=True, logits_to_keep=1)
+        cache = returned_cache(outputs)
+        mask = inputs["attention_mask"]
+        if "suffix_ids" in inputs:
+            if n_questions > 1:
+                cache.batch_repeat_interleave(n_questions)  # row b * Q + q: image b, question q
+            mask = inputs["suffix_attention_mask"]
+            outputs = model(input_ids=inputs["suffix_ids"], attention_mask=mask,
+                            position_ids=inputs["suffix_positions"].unsqueeze(0).expand(3, -1, -1),
+                            use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
+            cache = returned_cache(outputs)
+        logits = outputs.logits[:, -1]
 
-        step_ids, step_positions = suffix_ids, positions
+        steps = max(max_new_tokens)
+        width = mask.shape[1]
+        # The decode mask, made once: SDPA takes it as the (rows, 1, 1, length) boolean transformers would
+        # build each step (and, building it, check on the host whether it pads).
+        full = torch.ones((rows, width + steps), dtype=mask.dtype, device=device)
+        full[:, :width] = mask
+        if _attention(model) == "sdpa":
+            full = full.bool()[:, None, None, :]
+        next_position = inputs["next_position"][None, :, None].expand(3, -1, -1)
+        row_limits = inputs["row_limits"]
+        index = self._digit_index_for(device)
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        stop = _AllFinished(device)
         tokens: list[torch.Tensor] = []
         digit_logits: list[torch.Tensor] = []
-        finished = torch.zeros(rows, dtype=torch.bool, device=device)
-        index = self._digit_index.to(device)
-        for step in range(int(limits.max())):
-            outputs = model(input_ids=step_ids, attention_mask=mask,
-                            position_ids=step_positions.unsqueeze(0).expand(3, -1, -1),
-                            use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
-            cache = _returned_cache(outputs)
-            logits = outputs.logits[:, -1].float()
-            next_token = logits.argmax(-1)
-            next_token = torch.where(finished, torch.full_like(next_token, self._pad_id), next_token)
+        for step in range(steps):
+            logits = logits.float()
+            next_token = logits.argmax(-1).masked_fill_(finished, self._pad_id)
             tokens.append(next_token)
             digit_logits.append(logits.index_select(-1, index))
-            finished |= (next_token == self._eos_id) | (step + 1 >= limits)
-            if bool(finished.all()):
+            finished |= (next_token == self._eos_id) | (row_limits <= step + 1)
+            if step + 1 == steps or stop(finished):
                 break
-            step_ids = next_token[:, None]
-            step_positions = step_positions[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
+            outputs = model(input_ids=next_token[:, None], attention_mask=full[..., :width + step + 1],
+                            position_ids=next_position + step, use_cache=True, logits_to_keep=1,
+                            **{self._cache_arg: cache})
+            cache = returned_cache(outputs)
+            logits = outputs.logits[:, -1]
 
-        generated = torch.stack(tokens, dim=1).cpu()
-        digits = torch.stack(digit_logits, dim=1).cpu()
-        answers = []
-        for b in range(n_images):
-            per_question = []
-            for q in range(n_questions):
-                row = b * n_questions + q
-                seq = generated[row, : int(limits[row])].tolist()
-                if self._eos_id in seq:
-                    seq = seq[: seq.index(self._eos_id)]
-                per_question.append(_Answer(seq, digits[row, : len(seq)]))
-            answers.append(per_question)
-        return answers
+        pending = _Pending(torch.stack(tokens, dim=1), torch.stack(digit_logits, dim=1), n_images,
+                           list(max_new_tokens), self._eos_id)
+        return pending if later else pending.answers()
 
     def read_answer(self, label: str, question: Question, tokens: Sequence[int], digit_logits: torch.Tensor) -> ScoreResult:
         """Read a generated answer produced elsewhere (e.g. for a video input) the way scoring does.
@@ -397,9 +573,144 @@ class Scorer:
         return main.with_attributes(entries)
 
 
-def _returned_cache(outputs):
-    """The KV cache a forward returned (``cache`` from transformers 5.2x, ``past_key_values`` before)."""
-    return outputs["cache"] if "cache" in outputs else outputs.past_key_values
+@dataclass(frozen=True)
+class _Plan:
+    """What every batch of one scoring run needs besides its examples."""
+
+    suffixes: tuple[tuple[int, ...], ...]  # per question, its tokens after the shared prefix (none: one question)
+    limits: tuple[int, ...]  # per question, the most tokens its answer may take
+    vision: frozenset[str]  # the vision inputs the model takes precomputed (see precomputed_vision_inputs)
+    flash: bool  # the vision tower runs flash attention: its boundaries go to the device, with their maxima
+
+
+# What a host batch carries for the decode loop, not for the prefill forward.
+_DECODE_KEYS = frozenset({"row_limits", "next_position", "suffix_ids", "suffix_attention_mask", "suffix_positions"})
+
+
+@dataclass
+class _HostBatch:
+    """A batch built on the host: ``tensors`` go to the model's device, ``host`` tensors stay (read there
+    as lists), ``scalars`` are plain ints; all of them views of ``slot``'s reused buffers."""
+
+    tensors: dict[str, torch.Tensor]
+    host: dict[str, torch.Tensor]
+    scalars: dict[str, int]
+    slot: object
+    copied: object = field(default=None)  # on CUDA, the event the copies to the device end with
+
+    def to(self, device: torch.device) -> dict:
+        if device.type == "cuda":
+            moved = {key: value.to(device, non_blocking=True) for key, value in self.tensors.items()}
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+        else:
+            moved = {key: value.to(device) for key, value in self.tensors.items()}
+        return {**moved, **self.host, **self.scalars}
+
+
+class _Pending:
+    """A batch's generated tokens and digit logits, copied to the host without blocking on CUDA;
+    :meth:`answers` waits for the copy and cuts each row's answer at its limit or end."""
+
+    def __init__(self, generated: torch.Tensor, digits: torch.Tensor, n_images: int, limits: list[int], eos_id: int):
+        cuda = generated.device.type == "cuda"
+        self.generated = generated.to("cpu", non_blocking=cuda)
+        self.digits = digits.to("cpu", non_blocking=cuda)
+        self.copied = None
+        if cuda:
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+        self.n_images, self.limits, self.eos_id = n_images, limits, eos_id
+        self._answers: list[list[_Answer]] | None = None
+
+    def answers(self) -> list[list[_Answer]]:
+        if self._answers is None:
+            if self.copied is not None:
+                self.copied.synchronize()
+            n_questions = len(self.limits)
+            self._answers = []
+            for b in range(self.n_images):
+                per_question = []
+                for q, limit in enumerate(self.limits):
+                    row = b * n_questions + q
+                    seq = self.generated[row, :limit].tolist()
+                    if self.eos_id in seq:
+                        seq = seq[: seq.index(self.eos_id)]
+                    per_question.append(_Answer(seq, self.digits[row, : len(seq)]))
+                self._answers.append(per_question)
+        return self._answers
+
+
+class _AllFinished:
+    """Whether every row has ended. On CUDA the flag is copied to the host without blocking and read
+    ``lag`` steps later, so the host keeps queuing forwards while the device works; the loop then runs
+    at most ``lag`` forwards more than needed (their tokens are cut off like any after an answer's end)."""
+
+    def __init__(self, device: torch.device, lag: int = 2):
+        self.cuda = device.type == "cuda"
+        self.lag = lag
+        self.pending: deque = deque()
+
+    def __call__(self, finished: torch.Tensor) -> bool:
+        if not self.cuda:
+            return bool(finished.all())
+        flag = finished.all().to("cpu", non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self.pending.append((flag, done))
+        if len(self.pending) <= self.lag:
+            return False
+        flag, done = self.pending.popleft()
+        done.synchronize()
+        return bool(flag)
+
+
+def _attention(model) -> str:
+    """The language model's attention implementation (``sdpa``, ``eager``, ``flash_attention_2``...)."""
+    config = base_model(model).config
+    config = getattr(config, "text_config", None) or config
+    return str(getattr(config, "_attn_implementation", None) or "")
+
+
+def precomputed_vision_inputs(model) -> frozenset[str]:
+    """The vision-tower inputs the installed transformers takes precomputed, as ``image_<name>``
+    keywords of the model's forward: ``position_ids``, ``cu_seqlens`` and ``max_seqlen``, and for
+    Qwen2.5-VL ``window_index``, ``cu_window_seqlens`` and ``max_window_seqlen``.
+
+    Read from the installed code, not its version: the model's ``get_image_features`` must route
+    ``image_*`` keywords to the tower (transformers' ``accepts_precomputed_kwargs``), and the tower's
+    forward must fetch each value through the ``transformers.vision_utils`` function that takes it
+    from those keywords when given. Empty where either is missing: the tower computes them itself.
+    """
+    try:
+        from transformers import vision_utils
+    except ImportError:
+        return frozenset()
+    inner = getattr(base_model(model), "model", None)
+    visual = getattr(inner, "visual", None)
+    features = getattr(inner, "get_image_features", None)
+    if visual is None or features is None:
+        return frozenset()
+    cells = getattr(features, "__closure__", None) or ()
+    closure = dict(zip(features.__code__.co_freevars, (cell.cell_contents for cell in cells)))
+    if closure.get("prefix") != "image_":
+        return frozenset()
+    names = set(inspect.unwrap(type(visual).forward).__code__.co_names)
+
+    def fetched(function: str) -> bool:
+        helper = getattr(vision_utils, function, None)
+        return function in names and helper is not None and "kwargs" in inspect.signature(helper).parameters
+
+    accepted = set()
+    if fetched("get_vision_position_ids"):
+        accepted.add("position_ids")
+    if fetched("get_vision_attention_seqlens") and hasattr(vision_utils, "get_vision_cu_seqlens"):
+        accepted |= {"cu_seqlens", "max_seqlen"}
+    if fetched("get_vision_window_index"):
+        accepted |= {"window_index", "cu_window_seqlens"}
+        if "get_max_seqlen" in names:
+            accepted.add("max_window_seqlen")
+    return frozenset(accepted)
 
 
 def _attribute_entry(task: Task, stated: str | None) -> dict:
@@ -429,6 +740,7 @@ def load_scorer(
     *,
     attention: str = "auto",
     compile: bool = False,
+    compile_vision: bool = False,
     quantize: str | None = None,
     card: str | None = None,
     own_questions: bool = False,
@@ -438,7 +750,8 @@ def load_scorer(
 
     ``attention``: ``"auto"`` is FlashAttention-2 where the ``flash_attn`` package is installed and the
     model runs on CUDA in 16 bits, else PyTorch's SDPA. ``compile=True`` compiles the language model
-    with ``torch.compile`` (dynamic shapes; the first batches pay the compilation, minutes on a CPU).
+    with ``torch.compile`` (dynamic shapes; the first batches pay the compilation, minutes on a CPU);
+    ``compile_vision=True`` compiles the vision tower's elementwise work (:func:`compile_vision_tower`).
     ``quantize``: ``"8bit"`` / ``"4bit"`` weights through bitsandbytes (CUDA; see :func:`realqa.model.load_model`).
     ``card``: a ``realqa_card.json`` (or its folder) to follow instead of the checkpoint's own. A checkpoint
     without any card is told on stderr what is assumed (``own_questions``: the inputs bring their questions).
@@ -453,6 +766,8 @@ def load_scorer(
     set_attention(loaded, attention)
     if compile:
         compile_language_model(loaded)
+    if compile_vision:
+        compile_vision_tower(loaded)
     return Scorer(loaded, **scorer_options)
 
 
@@ -460,9 +775,32 @@ def compile_language_model(loaded: ScoringModel) -> None:
     """``torch.compile`` the language model in place (same module tree and weights).
 
     Only the language model: the vision tower's attention splits the batch per image with a
-    host-side list, so a compiled tower recompiles for every new mix of image sizes.
+    host-side list, so a compiled tower recompiles for every new mix of image sizes
+    (:func:`compile_vision_tower` compiles the parts of it that do not).
     """
-    loaded.model.model.language_model.compile(dynamic=True)
+    base_model(loaded.model).model.language_model.compile(dynamic=True)
+
+
+def compile_vision_tower(loaded: ScoringModel) -> None:
+    """``torch.compile`` (dynamic shapes) the vision tower's elementwise work, in place: each block's
+    MLP (linear, activation, linear), the rotary frequencies, and the function that rotates the
+    queries and keys in every block's attention (float casts, ``rotate_half``, products and sums:
+    unfused, about a third of the tower's time on a GPU). The attention itself, which splits the
+    batch per image on the host, stays as it is, so a new mix of image sizes recompiles nothing.
+
+    The rotation is a function of the model's module in transformers (``apply_rotary_pos_emb_vision``):
+    it is replaced there by its compiled self, for every model of that architecture in the process.
+    """
+    visual = base_model(loaded.model).model.visual
+    visual.rotary_pos_emb.compile(dynamic=True)
+    for block in visual.blocks:
+        block.mlp.compile(dynamic=True)
+    modeling = sys.modules[type(visual.blocks[0].attn).__module__]
+    rotate = getattr(modeling, "apply_rotary_pos_emb_vision", None)
+    if rotate is not None and not getattr(rotate, "_realqa_compiled", False):
+        compiled = torch.compile(rotate, dynamic=True)
+        compiled._realqa_compiled = True
+        modeling.apply_rotary_pos_emb_vision = compiled
 
 
 def set_attention(loaded: ScoringModel, attention: str = "auto") -> str:

@@ -97,7 +97,7 @@ def read_labels(path: str | Path, column: str | None = None, task: str = "qualit
     if is_conversation_file(path):
         return _conversation_labels(path, task, media_dir)
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f)) if path.suffix.lower() == ".csv" else [json.loads(l) for l in f if l.strip()]
+        rows = list(csv.DictReader(f)) if path.suffix.lower() == ".csv" else [json.loads(line) for line in f if line.strip()]
     if not rows:
         raise ValueError(f"{path}: no rows")
     key = next((c for c in KEY_COLUMNS if c in rows[0]), None)

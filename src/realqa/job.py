@@ -74,12 +74,18 @@ class ModelOptions:
 
     def identity(self) -> dict:
         """What decides a result row's content: recorded beside ``--out`` so a resume cannot mix two."""
+        from .checkpoints import fingerprint
         from .model import _resolve_dtype, default_device, find_card
         from .models import demo_model_path
 
-        card, _ = find_card(self.model or demo_model_path(), self.adapter, self.card)
+        model = self.model or str(demo_model_path())
+        card, _ = find_card(model, self.adapter, self.card)
         return {
             "model": _identity(self.model) if self.model else "(the default model)",
+            # The files themselves: a folder retrained in place, or a replaced bundled model, is another model.
+            "model_files": fingerprint(model),
+            "adapter_files": fingerprint(self.adapter),
+            "card_files": fingerprint(self.card),
             "adapter": _identity(self.adapter) if self.adapter else None,
             "card": _identity(self.card) if self.card else None,
             "dtype": str(_resolve_dtype(self.dtype, self.device or default_device())).removeprefix("torch."),
@@ -113,7 +119,8 @@ class VideoOptions:
     fps: float | None = None
 
     def __post_init__(self) -> None:
-        from .video import FrameSampling, MODES
+        from .media import FrameSampling
+        from .video import MODES
 
         if self.mode not in MODES:
             raise ValueError(f"unknown video mode {self.mode!r}; use one of {', '.join(MODES)}")
@@ -121,7 +128,7 @@ class VideoOptions:
 
     def as_options(self) -> dict:
         """The ``video`` options of :func:`realqa.video.iter_with_videos`."""
-        from .video import FrameSampling
+        from .media import FrameSampling
 
         return {"mode": self.mode, "sampling": FrameSampling(frames=self.frames, fps=self.fps)}
 

@@ -1,4 +1,4 @@
-"""Turning user inputs into decoded RGB images.
+"""Turning user inputs into decoded RGB images and sampled video frames.
 
 ``load_image`` opens one image defensively (missing, empty, corrupt, oversized
 and exotic-mode files all end in a ``MediaError`` that names the input), and
@@ -12,10 +12,12 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import stat
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,8 +25,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
     "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "FrameSampling",
     "MediaError",
+    "SampledFrame",
     "collect_inputs",
+    "is_video",
+    "sample_frames",
     "load_image",
     "realqa_rgb",
     "to_rgb",
@@ -119,7 +126,7 @@ def _pil_errors(name: str) -> Iterator[None]:
         except MemoryError:  # the machine's limit, not a fault of the input
             raise
         except UnidentifiedImageError:
-            raise MediaError(name, "not a recognised image format") from None
+            raise MediaError(name, "not a recognised image format" + _format_hint(name)) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise MediaError(name, f"image is too large ({err})") from None
         # PIL plugins signal malformed data with many exception types
@@ -128,7 +135,27 @@ def _pil_errors(name: str) -> Iterator[None]:
             raise MediaError(name, f"image data is truncated or corrupt ({err})") from err
 
 
-def _prepare(img: Image.Image, name: str, max_pixels: int, prepare: Callable[[Image.Image], Image.Image]) -> Image.Image:
+# Formats Pillow cannot read without help, by extension: what to do about them.
+_HEIF_HINT = "HEIC/HEIF needs a Pillow plugin: pip install pillow-heif, then pillow_heif.register_heif_opener()"
+_RAW_HINT = "camera RAW is not supported: develop it first (e.g. rawpy or dcraw)"
+_FORMAT_HINTS = {
+    ".heic": _HEIF_HINT,
+    ".heif": _HEIF_HINT,
+    ".avif": "this Pillow has no AVIF decoder: pip install -U pillow (11.3+ reads AVIF)",
+    ".svg": "SVG is a vector format, not supported: rasterise it first (e.g. cairosvg or rsvg-convert)",
+    ".pdf": "PDF is not an image format: render its pages first (e.g. pdftoppm)",
+    ".raw": _RAW_HINT, ".cr2": _RAW_HINT, ".nef": _RAW_HINT, ".arw": _RAW_HINT, ".dng": _RAW_HINT,
+}
+
+
+def _format_hint(name: str) -> str:
+    hint = _FORMAT_HINTS.get(_extension(name))
+    return f" ({hint})" if hint else ""
+
+
+def _prepare(
+    img: Image.Image, name: str, max_pixels: int, prepare: Callable[[Image.Image], Image.Image]
+) -> Image.Image:
     width, height = img.size  # known from the header, nothing decoded yet
     if width * height > max_pixels:
         raise MediaError(
@@ -197,8 +224,9 @@ def collect_inputs(paths: Iterable[str | os.PathLike], *, recursive: bool = True
     For each argument, in order:
 
     - a directory gives every file under it (recursively unless
-      ``recursive=False``) whose lower-cased extension is in
-      ``IMAGE_EXTENSIONS``, sorted by relative path; a directory with no such
+      ``recursive=False``), whatever its extension, sorted by relative path:
+      what cannot be scored becomes an error row saying why (hidden names are
+      left out, with a ``UserWarning`` counting them); a directory with no
       file gives nothing and a ``UserWarning`` naming it;
     - an existing ``.txt``/``.lst`` manifest gives one path per line (blank
       lines and ``#`` comments skipped), a ``.csv`` the ``path`` or ``image``
@@ -226,15 +254,22 @@ def _extension(path: str) -> str:
 
 
 def _scan_directory(directory: str, recursive: bool) -> list[str]:
+    """Every file under ``directory``, whatever its extension: images and videos are scored, anything
+    else becomes an error row naming the format, so nothing found is dropped without a row. Hidden
+    names (starting with ".": .DS_Store, .git) are left out, and a warning counts them."""
     found: list[tuple[str, ...]] = []  # relative paths as component tuples
+    hidden = 0
     for root, dirs, files in os.walk(directory):
         rel_root = os.path.relpath(root, directory)
         parts = () if rel_root == os.curdir else tuple(rel_root.split(os.sep))
-        found.extend(parts + (f,) for f in files if _extension(f) in IMAGE_EXTENSIONS)
-        if not recursive:
-            dirs.clear()
+        hidden += sum(name.startswith(".") for name in files + dirs)
+        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
+        found.extend(parts + (f,) for f in files if not f.startswith("."))
+    if hidden:
+        warnings.warn(f"{directory}: {hidden} hidden file(s) or folder(s) (names starting with '.') not scored",
+                      stacklevel=3)
     if not found:
-        warnings.warn(f"{directory}: directory contains no images", stacklevel=3)
+        warnings.warn(f"{directory}: directory contains no files to score", stacklevel=3)
     # Component-wise sorting gives the same order on every platform.
     return [os.path.join(directory, *rel) for rel in sorted(found)]
 
@@ -295,3 +330,132 @@ def _jsonl_entries(manifest: str, text: str) -> list[str]:
             )
         entries.append(value)
     return entries
+
+
+# ---------------------------------------------------------------- video frames
+#
+# Frames are decoded one at a time and only the sampled ones are kept, so memory holds at most the
+# sampled frames whatever the clip's length; far-apart samples are reached by seeking, not decoding.
+
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+     ".wmv", ".flv", ".3gp", ".ogv", ".y4m", ".yuv"}
+)
+SEEK_GAP_SECONDS = 4.0  # beyond this distance to the next sample, seeking beats decoding every frame
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a video file (by its extension; the file is not opened)."""
+    return os.path.splitext(os.fsdecode(path))[1].lower() in VIDEO_EXTENSIONS
+
+
+# ---------------------------------------------------------------- frame sampling
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """Which frames to take: ``frames`` spread uniformly over the clip, or about ``fps`` frames per
+    second when ``fps`` is set, never more than ``frames``. Each sample is the first frame shown at
+    or after the middle of its equal share of the clip."""
+
+    frames: int = 8
+    fps: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ValueError(f"fps must be a positive number, got {self.fps}")
+
+    def count(self, duration: float) -> int:
+        if self.fps is None:
+            return self.frames
+        return max(1, min(self.frames, round(duration * self.fps)))
+
+    def times(self, start: float, duration: float) -> list[float]:
+        """Sample times in seconds, on the stream's clock."""
+        n = self.count(duration)
+        return [start + (i + 0.5) * duration / n for i in range(n)]
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    index: int  # position among the samples
+    time: float  # presentation time in seconds
+    image: Image.Image = field(repr=False)
+
+
+def sample_frames(
+    path: str | os.PathLike,
+    sampling: FrameSampling = FrameSampling(),
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> tuple[list[SampledFrame], float]:
+    """Decode the sampled frames of a video file: (frames as RGB images, clip duration in seconds).
+
+    Raises :class:`MediaError` naming ``path`` for missing, empty, corrupt or truncated files, files
+    without a video stream or decodable frame, and frames larger than ``max_pixels``. A clip shorter
+    than its header claims gives the frames it has (later samples repeat the last frame shown).
+    """
+    import av
+
+    name = os.fsdecode(path)
+    _check_file(path, name)
+    try:
+        with av.open(name, metadata_errors="ignore") as container:
+            if not container.streams.video:
+                raise MediaError(name, "has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if width * height > max_pixels:
+                raise MediaError(name, f"video frames are too large ({width}x{height}, limit {max_pixels:,} pixels)")
+            start, duration = _time_span(container, stream)
+            frames = list(_decode_at(container, stream, sampling.times(start, duration)))
+    except av.FFmpegError as err:  # PyAV's base error: unreadable container, corrupt or truncated data
+        raise MediaError(name, f"not a readable video, or its data is truncated or corrupt ({err})") from None
+    if not frames:
+        raise MediaError(name, "no video frame could be decoded")
+    return [SampledFrame(i, time, image) for i, (time, image) in enumerate(frames)], duration
+
+
+def _time_span(container, stream) -> tuple[float, float]:
+    """(start, duration) of the video stream in seconds, from the headers or, failing that, the packets."""
+    base = stream.time_base
+    start = float(stream.start_time * base) if stream.start_time is not None and base else 0.0
+    if stream.duration and base:
+        return start, float(stream.duration * base)
+    if container.duration:
+        return start, container.duration / 1_000_000  # AV_TIME_BASE
+    # No duration in the headers (e.g. raw streams): read the packets' timestamps, without decoding.
+    first, end = None, None
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            first = packet.pts if first is None else min(first, packet.pts)
+            end = max(end or packet.pts, packet.pts + (packet.duration or 0))
+    container.seek(0)
+    if first is None or not base:
+        raise MediaError(container.name, "video has no timestamps to sample by")
+    return float(first * base), float((end - first) * base)
+
+
+def _decode_at(container, stream, times: Sequence[float]) -> Iterator[tuple[float, Image.Image]]:
+    """For each time, the first frame shown at or after it (the last frame once the stream ends).
+
+    Only the chosen frames are converted to images; the others are dropped as they are decoded.
+    """
+    decoded = container.decode(stream)
+    last = None  # (time, frame) of the latest decoded frame
+    for target in times:
+        if last is None or target - last[0] > SEEK_GAP_SECONDS:
+            if last is not None or target > SEEK_GAP_SECONDS:
+                container.seek(int(target / stream.time_base), stream=stream, backward=True)
+                decoded = container.decode(stream)
+        while last is None or last[0] < target:
+            frame = next(decoded, None)
+            if frame is None:
+                break  # the stream ended early: repeat the last frame shown
+            last = (float(frame.time) if frame.time is not None else target, frame)
+        if last is None:
+            return
+        yield last[0], last[1].to_image()

@@ -159,6 +159,12 @@ class ScoringModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def pad_id(self) -> int:
+        """The token batches are padded with: the tokenizer's pad token, else its end-of-text token."""
+        tokenizer = self.tokenizer
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -390,7 +396,8 @@ def build_tiny_model(
         "pad_token_id": token_id("<|endoftext|>"),
     }
     depth = layers if vision_depth is None else vision_depth
-    vision_shared = {"depth": depth, "num_heads": vision_heads, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    vision_shared = {"depth": depth, "num_heads": vision_heads, "patch_size": 14, "spatial_merge_size": 2,
+                     "temporal_patch_size": 2}
     if architecture == "qwen2_vl":
         config_class = Qwen2VLConfig
         vision_config = {**vision_shared, "embed_dim": vision_width, "hidden_size": hidden_size, "mlp_ratio": 2}

@@ -151,31 +151,42 @@ def _place_values(num_positions: int, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor([10.0**-i for i in range(num_positions)], dtype=like.dtype, device=like.device)
 
 
+def _place_sum(per_position: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """sum_i 10^-i x_i over the last dimension, counting only the positions ``mask`` keeps."""
+    weight = _place_values(per_position.shape[-1], per_position)
+    if mask is not None:
+        weight = weight * mask.to(per_position.dtype)
+    return (per_position * weight).sum(-1)
+
+
 def digit_probs(logits: torch.Tensor, digit_ids: Sequence[int]) -> torch.Tensor:
     """Softmax over the ten digit tokens only: (..., P, V) -> (..., P, 10)."""
     index = torch.as_tensor(list(digit_ids), device=logits.device)
     return torch.softmax(logits.index_select(-1, index).float(), dim=-1)
 
 
-def digit_expectation(logits: torch.Tensor, digit_ids: Sequence[int]) -> torch.Tensor:
+def digit_expectation(logits: torch.Tensor, digit_ids: Sequence[int], mask: torch.Tensor | None = None) -> torch.Tensor:
     """NCM: the expected score sum_i 10^-i E[d_i] from the logits at the P digit positions.
 
-    ``logits`` has shape (..., P, V) with position 0 the integer digit. Differentiable.
+    ``logits`` has shape (..., P, V) with position 0 the integer digit. ``mask`` (..., P), optional,
+    marks the positions that hold a digit (1) and those that pad a shorter score (0, after its
+    digits): a batch of scores with different numbers of decimals. Padded positions add nothing,
+    and a row with no digit at all gives 0. Differentiable.
     """
     probs = digit_probs(logits, digit_ids)
     values = torch.arange(10, dtype=probs.dtype, device=probs.device)
-    expected_digits = (probs * values).sum(-1)  # (..., P)
-    return (expected_digits * _place_values(probs.shape[-2], probs)).sum(-1)
+    return _place_sum((probs * values).sum(-1), mask)
 
 
-def digit_expectation_star(logits: torch.Tensor, digit_ids: Sequence[int], label_digits: torch.Tensor) -> torch.Tensor:
+def digit_expectation_star(logits: torch.Tensor, digit_ids: Sequence[int], label_digits: torch.Tensor,
+                           mask: torch.Tensor | None = None) -> torch.Tensor:
     """NCM*: like :func:`digit_expectation` with the labelled digit's weight set to zero.
 
     ``label_digits`` (..., P) holds the labelled digit at each position; the result measures the
-    probability mass spent on wrong digits (0 when the model is certain of the label).
+    probability mass spent on wrong digits (0 when the model is certain of the label). ``mask`` as
+    in :func:`digit_expectation` (the labels at padded positions are ignored).
     """
     probs = digit_probs(logits, digit_ids)
     values = torch.arange(10, dtype=probs.dtype, device=probs.device)
     keep = 1.0 - torch.nn.functional.one_hot(label_digits.long(), 10).to(probs.dtype)
-    expected_wrong = (probs * values * keep).sum(-1)
-    return (expected_wrong * _place_values(probs.shape[-2], probs)).sum(-1)
+    return _place_sum((probs * values * keep).sum(-1), mask)

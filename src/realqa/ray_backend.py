@@ -43,7 +43,7 @@ def score_with_ray(job: ScoreJob, done: list[ScoreResult], output: ResumableOutp
         raise ValueError("--backend ray needs Ray Data: pip install 'realqa[ray]'") from None
     from tqdm import tqdm
 
-    from .video import is_video
+    from .media import is_video
 
     inputs = list(job.inputs)
     start = len(done)

@@ -169,7 +169,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 def thumbnail_uri(path: str, roots: Sequence[Path], size: int = DEFAULT_THUMB_SIZE) -> tuple[str | None, str]:
     """(data URI of a JPEG thumbnail, or None; why there is none). Videos show their middle frame."""
-    from .video import FrameSampling, is_video, sample_frames
+    from .media import FrameSampling, is_video, sample_frames
 
     found = next((root / path for root in roots if (root / path).is_file()), None)
     if found is None:

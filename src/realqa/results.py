@@ -5,6 +5,7 @@ One row per input, in input order; an input that failed is a row with ``error`` 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -18,6 +19,9 @@ from .numeric import PARSE_OK, PARSE_OUT_OF_RANGE, ScoreFormat, parse_score
 from .tasks import DEFAULT_TASKS
 
 STATUS_ERROR = "error"
+# A CSV cell starting with one of these is read as a formula by spreadsheet programs (CSV injection):
+# such text is written with a leading ' (OWASP's advice), which every realqa reader takes off again.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 ROW_FIELDS = ("path", "task", "score", "ncm", "status", "text", "error")
 ATTRIBUTE_STATUS_SUFFIX = "_status"
 
@@ -108,8 +112,7 @@ class ResultWriter:
         if self._jsonl:
             self._file.write(json.dumps(result.to_row(), ensure_ascii=False) + "\n")
         else:
-            row = result.to_flat_row()
-            self._csv.writerow({key: "" if value is None else value for key, value in row.items()})
+            self._csv.writerow(spreadsheet_safe(result.to_flat_row()))
         self._file.flush()
 
     def close(self) -> None:
@@ -120,6 +123,17 @@ class ResultWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def spreadsheet_safe(row: dict) -> dict:
+    """A row for a CSV file: empty for None, text that a spreadsheet would run as a formula quoted."""
+    return {key: "" if value is None else ("'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS)
+                                           else value) for key, value in row.items()}
+
+
+def csv_text(cell: str) -> str:
+    """A CSV cell as it was before :func:`spreadsheet_safe` quoted it."""
+    return cell[1:] if cell.startswith("'") else cell
 
 
 def _check_suffix(path: Path) -> None:
@@ -195,11 +209,19 @@ def _complete_csv(path: Path, text: str) -> tuple[list[dict], int]:
                 if end + len(taken) == len(text):
                     break  # a torn last record that happens to end a line
                 raise ValueError(f"{path}: row {len(rows) + 1} has {len(record)} fields, the header {len(header)}")
-            rows.append(dict(zip(header, record)))
+            rows.append(dict(zip(header, map(csv_text, record))))
             end += len(taken)
     except csv.Error:
         pass  # end of the file inside a quoted field: the last record is torn
     return rows, end
+
+
+def _change(key: str, then, now) -> str:
+    """One difference between two runs' settings; for per-file digests, the files that changed."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        files = sorted(name for name in set(then) | set(now) if then.get(name) != now.get(name))
+        return f"{key}: {', '.join(files)} changed (other weights, adapter or card)"
+    return f"{key}: {then!r} then, {now!r} now"
 
 
 class ResumableOutput:
@@ -216,6 +238,28 @@ class ResumableOutput:
         _check_suffix(self.path)
         self.run_file = self.path.with_name(self.path.name + RUN_FILE_SUFFIX)
         self.settings = json.loads(json.dumps(settings))  # as it reads back from the run file
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold ``FILE.lock`` while this run writes: a second run on the same file is refused at once.
+
+        An OS file lock (``filelock``): the system releases it when its process ends, so a killed
+        run never leaves the file locked (the empty lock file may stay; it is harmless).
+        """
+        from filelock import FileLock, Timeout
+
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise ValueError(f"{self.path} is being written by another realqa run (it holds {lock_path.name}); "
+                             "wait for it to finish, or write to another file") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def remove(self) -> None:
         """Start again (``--overwrite``): the results file and its run file go."""
@@ -235,7 +279,7 @@ class ResumableOutput:
             raise ValueError(f"{self.run_file}: unreadable ({err}); pass --overwrite to start again") from None
         differ = sorted(k for k in set(recorded) | set(self.settings) if recorded.get(k) != self.settings.get(k))
         if differ:
-            changes = "; ".join(f"{k}: {recorded.get(k)!r} then, {self.settings.get(k)!r} now" for k in differ)
+            changes = "; ".join(_change(k, recorded.get(k), self.settings.get(k)) for k in differ)
             raise ValueError(f"{self.path} was written with other settings ({changes}); rerun with the same options "
                              "to resume, pass --overwrite to start again, or write to another file")
 
@@ -381,7 +425,8 @@ def _llamafactory_row(i: int, row: dict, fallback: tuple[float, float] | None, p
 def _read_rows(path: Path) -> Iterator[dict]:
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
-            yield from csv.DictReader(f)
+            for row in csv.DictReader(f):
+                yield {key: csv_text(value) if isinstance(value, str) else value for key, value in row.items()}
         return
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):

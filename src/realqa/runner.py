@@ -34,25 +34,34 @@ def run(job: ScoreJob, *, log: Callable[[str], None]) -> list[ScoreResult] | Non
         raise ValueError("no inputs to score")
     job.check()  # an unknown task or impossible decimals: refused before any file exists
     ranks = Ranks.from_env()
-    ray = job.backend == "ray"
-    if ranks is not None:
-        if ray:
-            raise ValueError("--backend ray runs its own workers; start it once, not under torchrun")
-        return score_distributed(job, ranks, log=log)
-    if job.out is not None and part_files(Path(job.out)):  # a killed distributed run: reuse its parts too
-        return score_distributed(job, Ranks(0, 1, 0), log=log)
+    if ranks is not None and job.backend == "ray":
+        raise ValueError("--backend ray runs its own workers; start it once, not under torchrun")
+    if job.out is None:
+        if ranks is not None:
+            raise ValueError("a distributed run (torchrun / accelerate launch) needs --out: the ranks' rows merge into it")
+        return _score_here(job, None, log)
+    if ranks is not None and ranks.rank != 0:
+        return score_distributed(job, ranks, log=log)  # rank 0 holds the lock for the whole job
+    output = ResumableOutput(job.out, job.settings())
+    with output.lock():  # one writer per output file; released by the OS if this process is killed
+        if ranks is not None or part_files(output.path):  # (a killed distributed run: reuse its parts too)
+            return score_distributed(job, ranks or Ranks(0, 1, 0), log=log)
+        return _score_here(job, output, log)
+
+
+def _score_here(job: ScoreJob, output: ResumableOutput | None, log: Callable[[str], None]) -> list[ScoreResult]:
+    """This process (or the Ray driver): the rows already in ``output`` reused, the others scored."""
     inputs = list(job.inputs)
-    output, done = None, []
-    if job.out is not None:
-        output = ResumableOutput(job.out, job.settings())
+    done = []
+    if output is not None:
         if job.overwrite:
             output.remove()
-            _frames_file(job.out).unlink(missing_ok=True)
+            _frames_file(output.path).unlink(missing_ok=True)
         output.check()
         done = output.completed(inputs)
         if done:
             log(f"resuming {job.out}: {len(done)} of {len(inputs)} inputs were already scored")
-    if ray:
+    if job.backend == "ray":
         from .ray_backend import score_with_ray
 
         return done + score_with_ray(job, done, output, log=log)
@@ -64,7 +73,8 @@ def _score_rows(job: ScoreJob, remaining: list[str], done: list[ScoreResult],
     """Score ``remaining`` in this process, appending each row to ``output`` as it comes."""
     if not remaining:
         return []
-    from .video import FrameWriter, is_video
+    from .media import is_video
+    from .video import FrameWriter
 
     scorer = job.model.load()
     writer = output.writer(job.check()) if output else None
@@ -118,15 +128,12 @@ def score_distributed(job: ScoreJob, ranks: Ranks, *, log: Callable[[str], None]
     and removes the parts. Killed anywhere, a rerun (with any number of ranks) reuses every whole row
     in ``--out`` and in the parts."""
     import datetime
+    from dataclasses import replace
 
     import torch
     import torch.distributed as dist
 
-    if job.out is None:
-        raise ValueError("a distributed run (torchrun / accelerate launch) needs --out: the ranks' rows merge into it")
-    from dataclasses import replace
-
-    from .video import is_video
+    from .media import is_video
 
     inputs = list(job.inputs)
     group = ranks.world > 1  # else one process finishing a killed distributed run

@@ -1,4 +1,4 @@
-"""Video quality, zero-shot: sample frames with PyAV and score them with an image scorer.
+"""Video quality, zero-shot: score sampled frames (:func:`realqa.media.sample_frames`) with an image scorer.
 
 Two ways to score a clip (``mode``):
 
@@ -7,17 +7,14 @@ Two ways to score a clip (``mode``):
 - ``"video"``: the sampled frames go to Qwen2-VL as one video input (frame pairs share a temporal
   patch, ``<|video_pad|>`` placeholders, ``pixel_values_videos``); the model answers once per clip.
 
-Frames are decoded one at a time and only the sampled ones are kept, so memory holds at most the
-sampled frames whatever the clip's length; far-apart samples are reached by seeking, not decoding.
 """
 
 from __future__ import annotations
 
 import csv
 import inspect
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Sequence
 
@@ -25,149 +22,22 @@ import torch
 from PIL import Image
 
 from .batching import accepts_token_types
-from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError, _check_file
+from .media import FrameSampling, MediaError, SampledFrame, is_video, sample_frames
 from .numeric import PARSE_NO_SCORE, PARSE_OK, PARSE_OUT_OF_RANGE
-from .results import STATUS_ERROR, ScoreResult
+from .results import STATUS_ERROR, ScoreResult, spreadsheet_safe
 
 __all__ = [
-    "VIDEO_EXTENSIONS",
     "MODES",
-    "FrameSampling",
-    "SampledFrame",
     "FrameScore",
     "VideoScore",
     "FrameWriter",
-    "is_video",
-    "sample_frames",
     "score_video",
     "score_videos",
     "iter_with_videos",
     "video_inputs",
 ]
 
-VIDEO_EXTENSIONS: frozenset[str] = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
-     ".wmv", ".flv", ".3gp", ".ogv", ".y4m"}
-)
 MODES = ("frames", "video")
-SEEK_GAP_SECONDS = 4.0  # beyond this distance to the next sample, seeking beats decoding every frame
-
-
-def is_video(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a video file (by its extension; the file is not opened)."""
-    return os.path.splitext(os.fsdecode(path))[1].lower() in VIDEO_EXTENSIONS
-
-
-# ---------------------------------------------------------------- frame sampling
-
-
-@dataclass(frozen=True)
-class FrameSampling:
-    """Which frames to take: ``frames`` spread uniformly over the clip, or about ``fps`` frames per
-    second when ``fps`` is set, never more than ``frames``. Each sample is the first frame shown at
-    or after the middle of its equal share of the clip."""
-
-    frames: int = 8
-    fps: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.frames < 1:
-            raise ValueError(f"frames must be >= 1, got {self.frames}")
-        if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
-            raise ValueError(f"fps must be a positive number, got {self.fps}")
-
-    def count(self, duration: float) -> int:
-        if self.fps is None:
-            return self.frames
-        return max(1, min(self.frames, round(duration * self.fps)))
-
-    def times(self, start: float, duration: float) -> list[float]:
-        """Sample times in seconds, on the stream's clock."""
-        n = self.count(duration)
-        return [start + (i + 0.5) * duration / n for i in range(n)]
-
-
-@dataclass(frozen=True)
-class SampledFrame:
-    index: int  # position among the samples
-    time: float  # presentation time in seconds
-    image: Image.Image = field(repr=False)
-
-
-def sample_frames(
-    path: str | os.PathLike,
-    sampling: FrameSampling = FrameSampling(),
-    *,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-) -> tuple[list[SampledFrame], float]:
-    """Decode the sampled frames of a video file: (frames as RGB images, clip duration in seconds).
-
-    Raises :class:`MediaError` naming ``path`` for missing, empty, corrupt or truncated files, files
-    without a video stream or decodable frame, and frames larger than ``max_pixels``. A clip shorter
-    than its header claims gives the frames it has (later samples repeat the last frame shown).
-    """
-    import av
-
-    name = os.fsdecode(path)
-    _check_file(path, name)
-    try:
-        with av.open(name, metadata_errors="ignore") as container:
-            if not container.streams.video:
-                raise MediaError(name, "has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            width, height = stream.codec_context.width, stream.codec_context.height
-            if width * height > max_pixels:
-                raise MediaError(name, f"video frames are too large ({width}x{height}, limit {max_pixels:,} pixels)")
-            start, duration = _time_span(container, stream)
-            frames = list(_decode_at(container, stream, sampling.times(start, duration)))
-    except av.FFmpegError as err:  # PyAV's base error: unreadable container, corrupt or truncated data
-        raise MediaError(name, f"not a readable video, or its data is truncated or corrupt ({err})") from None
-    if not frames:
-        raise MediaError(name, "no video frame could be decoded")
-    return [SampledFrame(i, time, image) for i, (time, image) in enumerate(frames)], duration
-
-
-def _time_span(container, stream) -> tuple[float, float]:
-    """(start, duration) of the video stream in seconds, from the headers or, failing that, the packets."""
-    base = stream.time_base
-    start = float(stream.start_time * base) if stream.start_time is not None and base else 0.0
-    if stream.duration and base:
-        return start, float(stream.duration * base)
-    if container.duration:
-        return start, container.duration / 1_000_000  # AV_TIME_BASE
-    # No duration in the headers (e.g. raw streams): read the packets' timestamps, without decoding.
-    first, end = None, None
-    for packet in container.demux(stream):
-        if packet.pts is not None:
-            first = packet.pts if first is None else min(first, packet.pts)
-            end = max(end or packet.pts, packet.pts + (packet.duration or 0))
-    container.seek(0)
-    if first is None or not base:
-        raise MediaError(container.name, "video has no timestamps to sample by")
-    return float(first * base), float((end - first) * base)
-
-
-def _decode_at(container, stream, times: Sequence[float]) -> Iterator[tuple[float, Image.Image]]:
-    """For each time, the first frame shown at or after it (the last frame once the stream ends).
-
-    Only the chosen frames are converted to images; the others are dropped as they are decoded.
-    """
-    decoded = container.decode(stream)
-    last = None  # (time, frame) of the latest decoded frame
-    for target in times:
-        if last is None or target - last[0] > SEEK_GAP_SECONDS:
-            if last is not None or target > SEEK_GAP_SECONDS:
-                container.seek(int(target / stream.time_base), stream=stream, backward=True)
-                decoded = container.decode(stream)
-        while last is None or last[0] < target:
-            frame = next(decoded, None)
-            if frame is None:
-                break  # the stream ended early: repeat the last frame shown
-            last = (float(frame.time) if frame.time is not None else target, frame)
-        if last is None:
-            return
-        yield last[0], last[1].to_image()
 
 
 # ---------------------------------------------------------------- scoring
@@ -354,10 +224,9 @@ def _score_as_video(scorer, frames: Sequence[SampledFrame], duration: float, tas
         return ScoreResult.failed(label, task.name, f"{label}: video cannot be preprocessed ({err})")
     loaded, fmt = scorer.loaded, task.score_format
     tokenizer = loaded.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = GenerationConfig(max_new_tokens=fmt.num_digits + (1 if fmt.decimals else 0) + 1, do_sample=False,
                               num_beams=1, output_logits=True, return_dict_in_generate=True,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=loaded.pad_id)
     output = loaded.model.generate(**batch, generation_config=config)
     tokens = output.sequences[0, batch["input_ids"].shape[1]:].tolist()
     if tokenizer.eos_token_id in tokens:
@@ -411,7 +280,7 @@ class FrameWriter:
         with open(partial, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=self.FIELDS)
             writer.writeheader()
-            writer.writerows(kept)
+            writer.writerows(spreadsheet_safe(row) for row in kept)
         os.replace(partial, self.path)  # never a half-rewritten side file
 
     @staticmethod
@@ -423,7 +292,7 @@ class FrameWriter:
     def write(self, video: VideoScore) -> None:
         for frame in video.frames:
             row = {"video": video.result.path, **frame.to_row()}
-            self._csv.writerow({key: "" if value is None else value for key, value in row.items()})
+            self._csv.writerow(spreadsheet_safe(row))
         self._file.flush()
 
     def close(self) -> None:

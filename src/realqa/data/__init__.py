@@ -21,7 +21,7 @@ from .adapter import Adapter, Option
 from .aesthetics import AVA, TAD66K
 from .attributes import AttributeSpec
 from .generic import Generic
-from .iqa import KADID10k, SPAQ, TID2013, KonIQ10k, LIVEChallenge
+from .iqa import SPAQ, TID2013, KADID10k, KonIQ10k, LIVEChallenge
 from .llamafactory import LlamaFactory, export_sharegpt
 from .manifest import read_manifest, write_manifest, write_manifests
 from .problems import DataError, Problem, ValidationReport

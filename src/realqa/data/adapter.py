@@ -23,7 +23,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 from . import images
 from .attributes import infer_schema
-from .problems import BAD_SCORE, DUPLICATE, EXCLUDED, MISSING_IMAGE, UNREADABLE_IMAGE, DataError, RowProblem, ValidationReport
+from .problems import (
+    BAD_SCORE,
+    DUPLICATE,
+    EXCLUDED,
+    MISSING_IMAGE,
+    UNREADABLE_IMAGE,
+    DataError,
+    RowProblem,
+    ValidationReport,
+)
 from .records import ALL, Dataset, Sample, ScoreMapping, SplitInfo
 from .splits import parse_ratios, random_split
 from .tables import Row

@@ -86,11 +86,13 @@ class Generic(Adapter):
         if not opts["image_column"] or not opts["score_columns"]:
             raise ValueError("generic: image_column and score_columns are required "
                              "(--image-column NAME --score-column quality=COLUMN)")
-        score_columns = {check_task(task): column for task, column in parse_pairs(opts["score_columns"], "score_columns").items()}
+        score_columns = {
+            check_task(task): column for task, column in parse_pairs(opts["score_columns"], "score_columns").items()
+        }
         ranges = self._native_ranges(opts["native_range"], score_columns)
         text_options = {"delimiter": _DELIMITERS.get(opts["delimiter"], opts["delimiter"])} if opts["delimiter"] else {}
-        wanted = [opts["image_column"], *score_columns.values(), *filter(None, (opts["id_column"], opts["split_column"])),
-                  *opts["attribute_columns"]]
+        wanted = [opts["image_column"], *score_columns.values(),
+                  *filter(None, (opts["id_column"], opts["split_column"])), *opts["attribute_columns"]]
         rows, sources = [], []
         for path in files:
             table = read_any(path, report, **text_options)
@@ -138,5 +140,7 @@ class Generic(Adapter):
         value = row.text(column)
         name = canonical_split(value)
         if name is None:
-            raise RowProblem(f"column {column!r}: unknown split {value!r} (use train, validation or test)", MALFORMED_ROW)
+            raise RowProblem(
+                f"column {column!r}: unknown split {value!r} (use train, validation or test)", MALFORMED_ROW
+            )
         return name

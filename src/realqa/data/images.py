@@ -17,10 +17,9 @@ from typing import Sequence
 
 from PIL import Image
 
-from ..media import MediaError, load_image
+from ..media import VIDEO_EXTENSIONS, MediaError, load_image
 from .problems import DataError
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".yuv"})
 MAX_DEPTH = 4  # folder levels searched below the root
 DISCOVERY_SAMPLE = 200  # labels used to discover candidate folders (evaluation then uses all labels)
 
@@ -39,11 +38,15 @@ class Resolution:
         found = sum(f is not None for f in self.files)
         where = self.root / self.folder if self.folder else self.root
         text = f"{where} ({found} of {len(self.files)} found)"
-        others = [f"{name or '.'} ({count})" for name, count in self.candidates.items() if name != self.folder and count]
+        others = [
+            f"{name or '.'} ({count})" for name, count in self.candidates.items() if name != self.folder and count
+        ]
         return text + (f"; other candidate folders: {', '.join(others)}" if others else "")
 
 
-def resolve(root: str | Path, labels: Sequence[str], preferred: Sequence[str] = (), forced: str | None = None) -> Resolution:
+def resolve(
+    root: str | Path, labels: Sequence[str], preferred: Sequence[str] = (), forced: str | None = None
+) -> Resolution:
     """Match each label path to a file under ``root``; see the module docstring for the rule."""
     root = Path(root)
     if not root.is_dir():

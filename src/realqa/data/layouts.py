@@ -105,9 +105,10 @@ class TableAdapter(Adapter):
         for layout in self.layouts:
             if layout.columns is not None and len(first_row(layout.delimiter)) == len(layout.columns):
                 return layout
+        known = "; ".join(layout.describe() for layout in self.layouts)
         raise DataError(
             f"{path}: not a {self.title} label file in a known format; its first row is "
-            f"{', '.join(first_row(','))[:200]!r}; known formats: {'; '.join(l.describe() for l in self.layouts)}"
+            f"{', '.join(first_row(','))[:200]!r}; known formats: {known}"
         )
 
     def read(self, files: list[Path], report: ValidationReport, opts: dict) -> LabelData:

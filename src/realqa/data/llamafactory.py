@@ -271,7 +271,9 @@ class LlamaFactory(Adapter):
             restored = _restore(rows, tasks, sources, records, files, report)
             if restored is not None:
                 return restored
-        return LabelData(rows, conversation_mappings(tasks), sources, f"the import option split_name={opts['split_name']!r}")
+        return LabelData(
+            rows, conversation_mappings(tasks), sources, f"the import option split_name={opts['split_name']!r}"
+        )
 
     def _assign_splits(self, rows, data, strategy, seed, ratios):
         if isinstance(data, _RestoredLabels) and strategy == OFFICIAL:
@@ -296,7 +298,8 @@ def _export_records(files: list[Path], report: ValidationReport | None = None) -
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             problems.append(f"{sidecar.name} is unreadable ({err})")
             continue
-        if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or record.get("version") != RECORD_VERSION:
+        if (not isinstance(record, dict) or record.get("format") != RECORD_FORMAT
+                or record.get("version") != RECORD_VERSION):
             problems.append(f"{sidecar.name} is not a {RECORD_FORMAT} version {RECORD_VERSION} record")
         elif record.get("sha256") != hashlib.sha256(path.read_bytes()).hexdigest():
             problems.append(f"{path.name} changed since the export that wrote {sidecar.name}")

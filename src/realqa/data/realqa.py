@@ -69,7 +69,8 @@ class RealQA(Adapter):
                "native lo,hi of the quality scores", parse_range),
         Option("aesthetics_range", (DEFAULT_TASKS["aesthetics"].low, DEFAULT_TASKS["aesthetics"].high),
                "native lo,hi of the aesthetic scores", parse_range),
-        Option("attribute_columns", None, "only these columns are attributes (default: every other column)", parse_list),
+        Option("attribute_columns", None, "only these columns are attributes (default: every other column)",
+               parse_list),
         Option("ignore_columns", (), "columns that are neither scores nor attributes", parse_list),
     )
 
@@ -158,7 +159,9 @@ class RealQA(Adapter):
         mappings = {task: ScoreMapping.onto_task(task, ranges[task], f"RealQA {task} score") for task in ordered}
         split_source = ""
         if rows and all(label.split for label in rows):
-            split_source = f"column {', '.join(sorted(split_columns))}" if split_columns else "the annotation file names"
+            split_source = (
+                f"column {', '.join(sorted(split_columns))}" if split_columns else "the annotation file names"
+            )
         elif any(label.split for label in rows):
             report.note("only some annotation rows name a split (by column or file name); that split is not used")
         return LabelData(rows, mappings, sources, split_source)

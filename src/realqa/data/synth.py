@@ -443,7 +443,9 @@ def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: i
     out.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
     with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
-        for done, (job, (relative, size)) in enumerate(zip(jobs, pool.map(_write, jobs, [out] * len(jobs), chunksize=8)), 1):
+        for done, (job, (relative, size)) in enumerate(
+            zip(jobs, pool.map(_write, jobs, [out] * len(jobs), chunksize=8)), 1
+        ):
             samples.append(_sample(job, relative, size))
             if progress:
                 progress(done, len(jobs))
@@ -512,15 +514,18 @@ def readme(meta: dict) -> str:
            "it was distorted." if settings.get("max_pixels") else ""),
         "", "## Pseudo opinion score", "", f"`{meta['formula']}`: a clean image scores 5.00; the score falls strictly "
         "with every level of every type (until the clip at 1).", "",
-        f"Photos with colourfulness below {MIN_COLOURFULNESS:g} (Hasler and Suesstrunk) get no saturation distortions.", "",
+        f"Photos with colourfulness below {MIN_COLOURFULNESS:g} (Hasler and Suesstrunk) get no saturation "
+        "distortions.", "",
         f"## Types (parameters and scores at {settings['levels']} levels)", "",
         "| type | what | parameter | per level | score per level | attributes set |", "|---|---|---|---|---|---|",
     ]
     for row in describe(settings["levels"]):
         if row["type"] not in settings["types"]:
             continue
-        lines.append(f"| {row['type']} | {row['what']} | {row['unit']} | {', '.join(f'{p:g}' for p in row['parameters'])} | "
-                     f"{', '.join(f'{s:.2f}' for s in row['scores'])} | {', '.join(row['attributes'] or ['-'])} |")
+        lines.append(
+            f"| {row['type']} | {row['what']} | {row['unit']} | {', '.join(f'{p:g}' for p in row['parameters'])} | "
+            f"{', '.join(f'{s:.2f}' for s in row['scores'])} | {', '.join(row['attributes'] or ['-'])} |"
+        )
     lines += ["", f"Attributes of a clean image: {json.dumps(CLEAN_ATTRIBUTES)}; severities up to {SLIGHT} blur "
               "give `slightly blurry`. Every image is stored as JPEG quality 95, 4:4:4 (as the source photos).", ""]
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..compat import require
 from .problems import MALFORMED_ROW, DataError, RowProblem, ValidationReport
 
 WHITESPACE = "whitespace"  # delimiter value for files split on runs of blanks (AVA.txt, TID2013 mos_with_names.txt)
@@ -112,7 +113,9 @@ def read_table(
                 continue
             report.rows_read += 1
             if len(fields) != len(columns):
-                expected = f"expected {len(columns)} ({', '.join(columns)})" if names else f"the header has {len(columns)}"
+                expected = (
+                    f"expected {len(columns)} ({', '.join(columns)})" if names else f"the header has {len(columns)}"
+                )
                 report.exclude(MALFORMED_ROW, str(path), f"line {line}", f"row has {len(fields)} fields; {expected}")
                 continue
             rows.append(Row(str(path), f"line {line}", dict(zip(columns, fields))))
@@ -219,7 +222,9 @@ def _jsonl_items(path: Path, report: ValidationReport):
             yield f"line {number}", json.loads(line)
         except json.JSONDecodeError as err:
             report.rows_read += 1
-            report.exclude(MALFORMED_ROW, str(path), f"line {number}", f"invalid JSON ({err.msg} at column {err.colno})")
+            report.exclude(
+                MALFORMED_ROW, str(path), f"line {number}", f"invalid JSON ({err.msg} at column {err.colno})"
+            )
 
 
 def _json_items(path: Path):
@@ -237,10 +242,7 @@ def _json_items(path: Path):
 
 
 def _parquet_items(path: Path):
-    try:
-        import pyarrow.parquet as parquet
-    except ImportError:
-        raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
+    parquet = require("pyarrow.parquet", "parquet", f"{path}: reading parquet")
     try:
         records = parquet.read_table(path).to_pylist()
     except Exception as err:  # pyarrow raises its own error types for damaged files
