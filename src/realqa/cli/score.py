@@ -6,7 +6,14 @@ import sys
 from dataclasses import replace
 
 from ..job import ScoreJob, TaskOptions
-from .options import add_backend_arguments, add_model_arguments, add_video_arguments, model_options, ray_options, video_options
+from .options import (
+    add_backend_arguments,
+    add_model_arguments,
+    add_video_arguments,
+    model_options,
+    ray_options,
+    video_options,
+)
 
 
 def add_command(commands) -> None:
