@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from realqa.commands import add_commands
+from realqa.cli.app import add_commands
 from realqa.metrics import evaluate
 from realqa.report import build_report
 

@@ -25,8 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ..commands import add_commands as add_app_commands
-    from . import data, evaluate, score, train
+    from . import app, data, evaluate, score, train
 
     parser = argparse.ArgumentParser(prog="realqa", description="Image quality and aesthetic scoring with a multimodal LLM.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -34,5 +33,5 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_command(commands)
     train.add_commands(commands)
     data.add_commands(commands)  # data list | prepare | card | synth | export/import-llamafactory, and bench
-    add_app_commands(commands)  # serve, report
+    app.add_commands(commands)  # serve, report
     return parser

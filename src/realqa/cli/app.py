@@ -1,11 +1,11 @@
-"""Command line: ``realqa serve`` and ``realqa report``."""
+"""``realqa serve`` and ``realqa report``."""
 
 from __future__ import annotations
 
 import sys
 
-from .cli.options import add_model_arguments, model_options
-from .serve import MiB, ServeLimits
+from ..serve import MiB, ServeLimits
+from .options import add_model_arguments, model_options
 
 
 def add_commands(subparsers) -> None:
@@ -53,7 +53,7 @@ def add_commands(subparsers) -> None:
 def _serve(args) -> int:
     from dataclasses import replace
 
-    from .serve import require_serve_extra, run
+    from ..serve import require_serve_extra, run
 
     require_serve_extra()  # before the model loads: one line naming the extra to install
     limits = ServeLimits(max_images=args.max_images, max_image_bytes=int(args.max_image_mb * MiB),
@@ -72,11 +72,11 @@ def _serve(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import build_report
+    from ..report import build_report
 
     labels = None
     if args.labels:
-        from .evaluation import read_labels
+        from ..evaluation import read_labels
 
         labels = read_labels(args.labels, args.label_column).scores
     files = build_report(args.scores, args.out, labels=labels, title=args.title, image_root=args.image_root,
