@@ -12,7 +12,6 @@ Two ways to score a clip (``mode``):
 from __future__ import annotations
 
 import csv
-import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import IO, Callable, Iterable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from .batching import accepts_token_types
+from .compat import accepts_token_types, forward_parameters
 from .media import FrameSampling, MediaError, SampledFrame, is_video, sample_frames
 from .numeric import PARSE_NO_SCORE, PARSE_OK, PARSE_OUT_OF_RANGE
 from .results import STATUS_ERROR, ScoreResult, spreadsheet_safe
@@ -198,16 +197,12 @@ def video_inputs(scorer, frames: Sequence[Image.Image], task, *, duration: float
     }
     if accepts_token_types(loaded.model):
         batch["mm_token_type_ids"] = (input_ids == config.video_token_id).long() * 2  # 2 = video
-    if duration and "second_per_grid_ts" in _forward_parameters(loaded.model):
+    if duration and "second_per_grid_ts" in forward_parameters(loaded.model):
         # Qwen2.5-VL spaces temporal positions by real time: seconds covered by one temporal patch.
         batch["second_per_grid_ts"] = torch.tensor([step * duration / len(frames)])
     batch = {key: value.to(loaded.device) for key, value in batch.items()}
     batch["pixel_values_videos"] = batch["pixel_values_videos"].to(loaded.dtype)
     return batch
-
-
-def _forward_parameters(model) -> Iterable[str]:
-    return inspect.signature(getattr(model, "get_base_model", lambda: model)().forward).parameters
 
 
 @torch.inference_mode()
