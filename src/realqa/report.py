@@ -24,7 +24,7 @@ from .metrics import Evaluation, evaluate
 from .results import ATTRIBUTE_STATUS_SUFFIX, _read_rows
 
 # Columns of our result rows and of bench prediction files; any other column is an attribute.
-KNOWN_COLUMNS = frozenset({"path", "image", "id", "task", "score", "ncm", "status", "text", "error", "label", "mos",
+KNOWN_COLUMNS = frozenset({"path", "image", "id", "task", "score", "ncm", "ncm_std", "status", "text", "error", "label", "mos",
                            "label_native", "score_native", "attributes"})
 DEFAULT_THUMB_SIZE = 160
 

@@ -22,7 +22,7 @@ STATUS_ERROR = "error"
 # A CSV cell starting with one of these is read as a formula by spreadsheet programs (CSV injection):
 # such text is written with a leading ' (OWASP's advice), which every realqa reader takes off again.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
-ROW_FIELDS = ("path", "task", "score", "ncm", "status", "text", "error")
+ROW_FIELDS = ("path", "task", "score", "ncm", "ncm_std", "status", "text", "error")
 ATTRIBUTE_STATUS_SUFFIX = "_status"
 
 
@@ -31,7 +31,8 @@ class ScoreResult:
     """The score of one input.
 
     ``score`` is the number the model wrote (None when it wrote none or the input failed);
-    ``ncm`` is the expected score from the digit probabilities at the same positions;
+    ``ncm`` is the expected score from the digit probabilities at the same positions, ``ncm_std`` the
+    standard deviation of that score under the same probabilities (the model's uncertainty);
     ``status`` is a parse status from :mod:`realqa.numeric` / :mod:`realqa.tasks` or ``"error"``
     (for a categorical task ``score`` holds the word it answered).
     ``attributes`` maps each fine-grained attribute asked (or stated in chain-of-thought reasoning)
@@ -46,6 +47,7 @@ class ScoreResult:
     text: str
     error: str | None = None
     attributes: dict | None = None
+    ncm_std: float | None = None
 
     @classmethod
     def failed(cls, path: str, task: str, error: str) -> "ScoreResult":
@@ -55,9 +57,11 @@ class ScoreResult:
         return replace(self, attributes=attributes)
 
     def to_row(self) -> dict:
-        row = asdict(self)
-        if row["attributes"] is None:
-            del row["attributes"]
+        """The row as written to JSONL: the fields in ``ROW_FIELDS`` order, then nested attributes if any."""
+        values = asdict(self)
+        row = {key: values[key] for key in ROW_FIELDS}
+        if values["attributes"] is not None:
+            row["attributes"] = values["attributes"]
         return row
 
     @classmethod
@@ -71,7 +75,8 @@ class ScoreResult:
                           for n in names if n in row} or None
         return cls(path=str(row["path"]), task=str(row["task"]), score=_value(row.get("score")),
                    ncm=_number(row.get("ncm")), status=str(row["status"]), text=row.get("text") or "",
-                   error=row.get("error") or None, attributes=attributes)
+                   error=row.get("error") or None, attributes=attributes,
+                   ncm_std=_number(row.get("ncm_std")))
 
     def to_flat_row(self) -> dict:
         """One column per attribute value and one for its status, for CSV."""
