@@ -146,11 +146,17 @@ def _answer(tokens, digits):
 def engine_results(scorer: Scorer, images, questions, batch_size: int) -> tuple[list[list], list]:
     """The engine's results and, per input, its raw answers (tokens, digit logits) in input order."""
     answers_of: dict[int, list] = {}
-    answer = scorer._answer
+    examples_of: dict[int, list] = {}  # host batch -> its examples
+    answer, host_batch = scorer._answer, scorer._host_batch
 
-    def recording(examples, *rest):
-        found = answer(examples, *rest)  # the engine asks for its answers later: a _Pending
-        for i, example in enumerate(examples):
+    def batching(examples, *rest):
+        batch = host_batch(examples, *rest)
+        examples_of[id(batch)] = list(examples)
+        return batch
+
+    def recording(batch, *rest, **kwargs):
+        found = answer(batch, *rest, **kwargs)  # the engine asks for its answers later: a _Pending
+        for i, example in enumerate(examples_of[id(batch)]):
             answers_of[id(example)] = (found, i)
         return found
 
@@ -162,11 +168,11 @@ def engine_results(scorer: Scorer, images, questions, batch_size: int) -> tuple[
         built.append((label, example))
         return example
 
-    scorer._answer, scorer.examples.build = recording, remembering
+    scorer._answer, scorer._host_batch, scorer.examples.build = recording, batching, remembering
     try:
         results = list(scorer.iter_questions(images, questions, batch_size=batch_size))
     finally:
-        del scorer._answer, scorer.examples.build
+        del scorer._answer, scorer._host_batch, scorer.examples.build
     by_label = {label: example for label, example in built}
     raw = []
     for r in results:

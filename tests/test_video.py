@@ -208,20 +208,62 @@ def test_a_still_video_is_seen_exactly_as_its_image(tiny_scorer):
         assert not torch.allclose(model(**moving).logits[0, -1], model(**as_image).logits[0, -1])
 
 
-def test_video_mode_answers_once_per_clip(tiny_scorer, tmp_path):
-    video = score_video(tiny_scorer, write_video(tmp_path / "c.mp4", size=(96, 64)), mode="video",
-                        sampling=FrameSampling(frames=4))
-    assert video.mode == "video" and video.result.status in ("ok", "no_score", "out_of_range")
+def generate_reference(scorer, path, sampling: FrameSampling) -> ScoreResult:
+    """What mode "video" answered before it joined the engine's loop: transformers' ``generate`` (greedy, the
+    same token budget) on the same video batch, its answer read by the engine's own reader."""
+    from transformers import GenerationConfig
+
+    from realqa.engine import Question, _Answer
+
+    task = scorer.task("quality")
+    frames, duration = sample_frames(path, sampling)
+    batch = video_inputs(scorer, [f.image for f in frames], task, duration=duration)
+    loaded, question = scorer.loaded, Question(task)
+    config = GenerationConfig(max_new_tokens=scorer._max_new_tokens(question), do_sample=False, num_beams=1,
+                              output_logits=True, return_dict_in_generate=True,
+                              eos_token_id=loaded.tokenizer.eos_token_id, pad_token_id=loaded.pad_id)
+    with torch.no_grad():
+        output = loaded.model.generate(**batch, generation_config=config)
+    tokens = output.sequences[0, batch["input_ids"].shape[1]:].tolist()
+    if loaded.tokenizer.eos_token_id in tokens:
+        tokens = tokens[: tokens.index(loaded.tokenizer.eos_token_id)]
+    digit_logits = torch.stack(output.logits, dim=1)[0, : len(tokens)][:, loaded.digit_ids].float()
+    return scorer._read(str(path), question, _Answer(tokens, digit_logits))
+
+
+def assert_same_answer(result: ScoreResult, reference: ScoreResult) -> None:
+    assert (result.text, result.score, result.status) == (reference.text, reference.score, reference.status)
+    if reference.ncm is None:
+        assert result.ncm is None
+    else:
+        assert result.ncm == pytest.approx(reference.ncm, abs=1e-4)
+
+
+def test_video_mode_answers_once_per_clip_as_generate_would(tmp_path):
+    """The engine's prefill and decode loop gives the clip the answer ``generate`` gives it, and the demo model
+    (which answers scores) makes the NCM comparison count."""
+    from realqa.models import demo_model_path
+
+    scorer = load_scorer(str(demo_model_path()), device="cpu")
+    path = write_video(tmp_path / "c.mp4", size=(96, 64), level=lambda i: 40 + 8 * i)
+    sampling = FrameSampling(frames=4)
+    video = score_video(scorer, path, mode="video", sampling=sampling)
+    reference = generate_reference(scorer, path, sampling)
+    assert video.mode == "video" and reference.score is not None and reference.ncm is not None
+    assert_same_answer(video.result, reference)
     assert [f.score for f in video.frames] == [None] * 4 and len({f.time for f in video.frames}) == 4
 
 
 def test_video_mode_on_qwen2_5_vl(tmp_path):
+    """Qwen2.5-VL spaces a video's temporal positions by real time: the loop's positions are the model's own."""
     scorer = load_scorer(str(build_tiny_model(tmp_path / "m", architecture="qwen2_5_vl", layers=1)), device="cpu",
                          **SMALL_PIXELS)
     batch = video_inputs(scorer, frames_of(1, 2, 3, 4), scorer.task("quality"), duration=2.0)
     assert batch["second_per_grid_ts"].tolist() == [1.0]  # 2 frames per temporal patch, 0.5 s apart
-    video = score_video(scorer, write_video(tmp_path / "c.mp4", size=(96, 64)), mode="video")
-    assert video.result.status != "error"
+    path = write_video(tmp_path / "c.mp4", size=(96, 64))
+    video = score_video(scorer, path, mode="video")
+    assert_same_answer(video.result, generate_reference(scorer, path, FrameSampling()))
+    assert video.result.text  # the tiny model wrote something, so the comparison compared tokens
 
 
 # ---------------------------------------------------------------- real clips and datasets

@@ -225,7 +225,7 @@ class Scorer:
                     windows.append(items)
                 else:
                     try:
-                        launched = self._answer([example for _, _, example in items], suffixes, limits, batch, True)
+                        launched = self._answer(batch, len(items), suffixes, limits, later=True)
                     finally:  # the device has its copy (on a CPU, the batch is done): the slot may be refilled
                         buffers.give_back(batch.slot, after=batch.copied)
                     if pending is not None:  # read the previous batch while the device works on this one
@@ -459,10 +459,22 @@ class Scorer:
         return self._digit_index_on[device]
 
     @torch.inference_mode()
-    def _answer(self, examples: Sequence[Example], suffixes: Sequence[list[int]], max_new_tokens: Sequence[int],
-                batch: "_HostBatch | None" = None, later: bool = False) -> "list[list[_Answer]] | _Pending":
-        """Greedy answers to every question for a batch of examples (built with the shared prefix).
-        ``later``: return them on their way to the host (:class:`_Pending`), the device still working.
+    def answer_prepared(self, tensors: dict[str, torch.Tensor], question: Question, label: str) -> ScoreResult:
+        """Answer one input prepared elsewhere (a video: :func:`realqa.video.video_inputs`) through the same
+        prefill and decode loop as images, read the same way.
+
+        ``tensors`` holds the model's inputs for a batch of one, with their M-RoPE ``position_ids`` and the
+        ``next_position`` of the first answer token (the loop never asks the model to work positions out)."""
+        limit = self._max_new_tokens(question)
+        batch = _HostBatch({**tensors, "row_limits": torch.tensor([limit])}, {}, {}, slot=None)
+        (answer,), = self._answer(batch, 1, [[]], [limit])
+        return self._read(label, question, answer)
+
+    @torch.inference_mode()
+    def _answer(self, batch: "_HostBatch", n_images: int, suffixes: Sequence[list[int]], max_new_tokens: Sequence[int],
+                later: bool = False) -> "list[list[_Answer]] | _Pending":
+        """Greedy answers to every question for a host batch of ``n_images`` inputs (built with the shared
+        prefix). ``later``: return them on their way to the host (:class:`_Pending`), the device still working.
 
         One prefill of the prefix (the whole prompt when every suffix is empty); with suffixes, the
         cache is repeated once per question (not for one) and the questions' own tokens prefilled;
@@ -472,10 +484,8 @@ class Scorer:
         """
         model = self.loaded.model
         device = self.loaded.device
-        n_images, n_questions = len(examples), len(suffixes)
+        n_questions = len(suffixes)
         rows = n_images * n_questions
-        if batch is None:
-            batch = self._host_batch(examples, self._plan(suffixes, max_new_tokens), HostBuffers(1).take())
         inputs = batch.to(device)
         prefill = {key: inputs[key] for key in inputs if key not in _DECODE_KEYS}
         outputs = model(**prefill, use_cache=True, logits_to_keep=1)
@@ -523,13 +533,6 @@ class Scorer:
         pending = _Pending(torch.stack(tokens, dim=1), torch.stack(digit_logits, dim=1), n_images,
                            list(max_new_tokens), self._eos_id)
         return pending if later else pending.answers()
-
-    def read_answer(self, label: str, question: Question, tokens: Sequence[int], digit_logits: torch.Tensor) -> ScoreResult:
-        """Read a generated answer produced elsewhere (e.g. for a video input) the way scoring does.
-
-        ``digit_logits`` (steps, 10) holds the logits of "0".."9" at each generated step.
-        """
-        return self._read(label, question, _Answer(list(tokens), digit_logits))
 
     def _read(self, label: str, question: Question, answer: _Answer) -> ScoreResult:
         """Parse one answer; for scores, the NCM value at the digits of the number that was read."""

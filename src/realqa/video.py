@@ -20,7 +20,7 @@ from typing import IO, Callable, Iterable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from .compat import accepts_token_types, forward_parameters
+from .compat import accepts_token_types, base_model, forward_parameters
 from .media import FrameSampling, MediaError, SampledFrame, is_video, sample_frames
 from .numeric import PARSE_NO_SCORE, PARSE_OK, PARSE_OUT_OF_RANGE
 from .results import STATUS_ERROR, ScoreResult, spreadsheet_safe
@@ -205,29 +205,30 @@ def video_inputs(scorer, frames: Sequence[Image.Image], task, *, duration: float
     return batch
 
 
-@torch.inference_mode()
-def _score_as_video(scorer, frames: Sequence[SampledFrame], duration: float, task, label: str) -> ScoreResult:
-    """Greedy answer to one video input (transformers' ``generate`` on the prepared video batch),
-    read by the engine exactly as an image's answer is read (parsing, NCM at the digit positions)."""
-    from transformers import GenerationConfig
+def mrope_positions(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch's M-RoPE ``position_ids`` (3, 1, length), by the model's own ``get_rope_index`` (a video's
+    temporal spacing differs between Qwen2-VL and Qwen2.5-VL), and the ``next_position`` of the first
+    answer token."""
+    video_id = model.config.video_token_id
+    token_types = (batch["input_ids"] == video_id).long() * 2  # 2 = video
+    wanted = ("video_grid_thw", "second_per_grid_ts", "attention_mask")  # Qwen2-VL takes (and ignores) the seconds
+    positions, _ = base_model(model).model.get_rope_index(batch["input_ids"], mm_token_type_ids=token_types,
+                                                          **{key: batch[key] for key in wanted if key in batch})
+    return {"position_ids": positions, "next_position": positions.amax(dim=(0, 2)) + 1}
 
+
+def _score_as_video(scorer, frames: Sequence[SampledFrame], duration: float, task, label: str) -> ScoreResult:
+    """One greedy answer to the frames as one video input, from the engine's own prefill and decode loop,
+    read exactly as an image's answer is read (parsing, NCM at the digit positions)."""
     from .engine import Question
 
     try:
         batch = video_inputs(scorer, [f.image for f in frames], task, duration=duration)
     except ValueError as err:  # e.g. an aspect ratio the processor refuses
         return ScoreResult.failed(label, task.name, f"{label}: video cannot be preprocessed ({err})")
-    loaded, fmt = scorer.loaded, task.score_format
-    tokenizer = loaded.tokenizer
-    config = GenerationConfig(max_new_tokens=fmt.num_digits + (1 if fmt.decimals else 0) + 1, do_sample=False,
-                              num_beams=1, output_logits=True, return_dict_in_generate=True,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=loaded.pad_id)
-    output = loaded.model.generate(**batch, generation_config=config)
-    tokens = output.sequences[0, batch["input_ids"].shape[1]:].tolist()
-    if tokenizer.eos_token_id in tokens:
-        tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
-    digit_logits = torch.stack(output.logits, dim=1)[0, : len(tokens)][:, loaded.digit_ids].float().cpu()
-    return scorer.read_answer(label, Question(task), tokens, digit_logits)
+    with torch.inference_mode():
+        positions = mrope_positions(scorer.loaded.model, batch)
+    return scorer.answer_prepared({**batch, **positions}, Question(task), label)
 
 
 # ---------------------------------------------------------------- per-frame side file
