@@ -40,10 +40,9 @@ def _padding(scorer: Scorer, images, **options) -> tuple[list, int]:
     padded = []
     answer = scorer._answer
 
-    def counting(examples, *rest):
-        lengths = [len(e.input_ids) for e in examples]
-        padded.append(len(lengths) * max(lengths) - sum(lengths))
-        return answer(examples, *rest)
+    def counting(batch, *rest, **kwargs):
+        padded.append(int((batch.tensors["attention_mask"] == 0).sum()))  # left padding of the prompts
+        return answer(batch, *rest, **kwargs)
 
     scorer._answer = counting
     return scorer.score(images, **options), sum(padded)
