@@ -87,3 +87,20 @@ def test_parts_of_other_inputs_are_refused(reference, tmp_path, capsys):
     part.write_text(json.dumps({"index": 5, **want[6]}) + "\n")
     assert main([*args, "--out", str(out)]) == 2
     assert "does not match this run's inputs" in capsys.readouterr().err
+
+
+def test_ranks_share_gpus_when_there_are_more_ranks_than_gpus(monkeypatch):
+    from realqa.runner import Ranks
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    ranks = Ranks.from_env()
+    assert (ranks.rank, ranks.world, ranks.local_rank, ranks.local_world) == (3, 4, 3, 4)
+    assert ranks.gpu(4) == (3, "nccl")  # one GPU each
+    assert ranks.gpu(2) == (1, "gloo")  # two ranks per GPU: NCCL would refuse the duplicate device
+    assert ranks.gpu(1) == (0, "gloo")
+    assert Ranks(1, 2, 1).gpu(2) == (1, "nccl")  # without LOCAL_WORLD_SIZE: all ranks on this machine
+    with pytest.raises(ValueError, match="none is visible"):
+        ranks.gpu(0)

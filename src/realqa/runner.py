@@ -106,15 +106,24 @@ def _frames_file(out: str | os.PathLike) -> Path:
 class Ranks:
     """This process's place in a ``torchrun`` / ``accelerate launch`` job (both set these variables)."""
 
-    def __init__(self, rank: int, world: int, local_rank: int):
+    def __init__(self, rank: int, world: int, local_rank: int, local_world: int | None = None):
         self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.local_world = local_world or world  # ranks on this machine
 
     @classmethod
     def from_env(cls) -> "Ranks | None":
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return None
-        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")),
+                   int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
+
+    def gpu(self, device_count: int) -> tuple[int, str]:
+        """This rank's GPU index and the process-group backend. More ranks than GPUs share them (rank
+        modulo count); NCCL refuses two ranks on one GPU, so those groups talk over gloo."""
+        if device_count < 1:
+            raise ValueError("a CUDA device was asked for but none is visible")
+        return self.local_rank % device_count, "nccl" if self.local_world <= device_count else "gloo"
 
 
 def part_files(out: Path) -> list[Path]:
@@ -140,14 +149,15 @@ def score_distributed(job: ScoreJob, ranks: Ranks, *, log: Callable[[str], None]
     device = job.model.device
     if group:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        backend = "gloo"
         if device.startswith("cuda"):
-            device = f"cuda:{ranks.local_rank}"  # every rank its own GPU
-            torch.cuda.set_device(ranks.local_rank)
+            index, backend = ranks.gpu(torch.cuda.device_count())
+            device = f"cuda:{index}"
+            torch.cuda.set_device(index)
         job = replace(job, model=replace(job.model, device=device))
         if not dist.is_initialized():
             # Long timeout: ranks wait at the final barrier while the slowest finishes its share.
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
-                                    timeout=datetime.timedelta(hours=24))
+            dist.init_process_group(backend, timeout=datetime.timedelta(hours=24))
     try:
         plan: list = [None]
         if ranks.rank == 0:
