@@ -15,13 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from conftest import SMALL_PIXELS
 from realqa.engine import load_scorer
 from realqa.results import ScoreResult
 from realqa.serve import MicroBatcher, ServeLimits, create_app
+
+uvicorn = pytest.importorskip("uvicorn")  # the 'serve' extra, as every other optional extra: skipped when absent
 
 
 def png(color=(200, 30, 30), size=(64, 48)) -> bytes:
