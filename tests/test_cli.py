@@ -179,3 +179,31 @@ def test_quantize_is_refused_clearly_where_it_cannot_run(format_model_dir, capsy
     assert "--quantize 8bit needs a CUDA device" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown quantization '3bit'"):
         quantization_options("3bit", "cuda", None)
+
+
+def test_speed_flags_reach_load_scorer(monkeypatch):
+    """Each throughput flag travels from the command line through ModelOptions into load_scorer."""
+    import realqa.engine
+    from realqa.cli import _parser as build_parser
+    from realqa.cli.options import model_options
+
+    seen = {}
+
+    class Loaded:
+        device = "cpu"
+
+    class Stub:
+        loaded = Loaded()
+
+    def fake_load_scorer(model, adapter=None, **options):
+        seen.update(options, model=model)
+        return Stub()
+
+    monkeypatch.setattr(realqa.engine, "load_scorer", fake_load_scorer)
+    args = build_parser().parse_args(["score", "x.jpg", "--model", "m", "--compile-vision", "--compile",
+                                      "--attention", "eager", "--max-pixels", "50176", "--workers", "0"])
+    model_options(args).load()
+    assert (seen["model"], seen["compile_vision"], seen["compile"], seen["attention"], seen["max_pixels"],
+            seen["workers"]) == ("m", True, True, "eager", 50176, 0)
+    model_options(build_parser().parse_args(["score", "x.jpg", "--model", "m"])).load()
+    assert (seen["compile_vision"], seen["compile"]) == (False, False)

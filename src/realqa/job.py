@@ -38,7 +38,8 @@ class ModelOptions:
     workers: int | None = None  # None: up to 8 on a GPU, 0 on a CPU
     group_batches: int = 4
     attention: str = "auto"
-    compile: bool = False
+    compile: bool = False  # torch.compile the language model
+    compile_vision: bool = False  # torch.compile the vision tower's rotary embedding and MLPs
 
     def __post_init__(self) -> None:
         for name in ("min_pixels", "max_pixels"):
@@ -66,7 +67,7 @@ class ModelOptions:
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
         scorer = load_scorer(self.model_path, self.adapter, device=self.device, dtype=self.dtype, quantize=self.quantize,
-                             attention=self.attention, compile=self.compile, card=self.card,
+                             attention=self.attention, compile=self.compile, compile_vision=self.compile_vision, card=self.card,
                              own_questions=own_questions, **options)
         if self.workers is None:
             scorer.workers = default_workers(scorer.loaded.device)

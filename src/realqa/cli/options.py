@@ -45,6 +45,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, throughput: bool = T
                        help="attention kernels (default auto: flash_attention_2 where installed on CUDA, else sdpa)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the language model (the first batches wait for the compilation)")
+    group.add_argument("--compile-vision", action="store_true",
+                       help="torch.compile the vision tower's rotary embedding and MLPs, its unfused elementwise work "
+                            "(GPU; the first batch of each image size waits for the compilation)")
 
 
 def model_options(args: argparse.Namespace) -> ModelOptions:
@@ -54,7 +57,7 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
         preprocessing=args.preprocessing, min_pixels=args.min_pixels, max_pixels=args.max_pixels, device=args.device,
         batch_size=args.batch_size, workers=getattr(args, "workers", None),
         group_batches=getattr(args, "group_batches", 4), attention=getattr(args, "attention", "auto"),
-        compile=getattr(args, "compile", False))
+        compile=getattr(args, "compile", False), compile_vision=getattr(args, "compile_vision", False))
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
