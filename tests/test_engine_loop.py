@@ -17,8 +17,8 @@ from PIL import Image
 
 from conftest import SMALL_PIXELS
 from realqa.batching import collate
-from realqa.compat import returned_cache
-from realqa.engine import Question, Scorer, compile_vision_tower, precomputed_vision_inputs
+from realqa.compat import precomputed_vision_inputs, returned_cache
+from realqa.engine import Question, Scorer, compile_vision_tower
 from realqa.media import MediaError
 from realqa.model import build_tiny_model, load_model
 from realqa.prefetch import HostBuffers, run_ahead

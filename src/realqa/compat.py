@@ -9,7 +9,9 @@ version numbers, so a backport or a fork answers for itself:
   image/video token types; the releases that know it need it, earlier ones refuse it);
 * :func:`cache_argument` / :func:`returned_cache`: the KV cache's name going in and coming out
   (``cache`` from 5.2x, ``past_key_values`` before);
-* :func:`forward_parameters`: the names a model's forward takes (an adapter-wrapped model's base).
+* :func:`forward_parameters`: the names a model's forward takes (an adapter-wrapped model's base);
+* :func:`precomputed_vision_inputs`: which vision-tower inputs (positions, attention boundaries,
+  windows) the forward takes precomputed, so the engine can build them on the host.
 
 :func:`require` imports an optional dependency, or fails in one line naming the extra to install.
 """
@@ -89,3 +91,44 @@ def cache_argument(model) -> str:
 def returned_cache(outputs) -> Any:
     """The KV cache a forward returned: ``outputs["cache"]`` (5.2x) or ``outputs.past_key_values`` (before)."""
     return outputs["cache"] if "cache" in outputs else outputs.past_key_values
+
+
+def precomputed_vision_inputs(model) -> frozenset[str]:
+    """The vision-tower inputs the installed transformers takes precomputed, as ``image_<name>``
+    keywords of the model's forward: ``position_ids``, ``cu_seqlens`` and ``max_seqlen``, and for
+    Qwen2.5-VL ``window_index``, ``cu_window_seqlens`` and ``max_window_seqlen``.
+
+    Read from the installed code, not its version: the model's ``get_image_features`` must route
+    ``image_*`` keywords to the tower (transformers' ``accepts_precomputed_kwargs``), and the tower's
+    forward must fetch each value through the ``transformers.vision_utils`` function that takes it
+    from those keywords when given. Empty where either is missing: the tower computes them itself.
+    """
+    try:
+        from transformers import vision_utils
+    except ImportError:
+        return frozenset()
+    inner = getattr(base_model(model), "model", None)
+    visual = getattr(inner, "visual", None)
+    features = getattr(inner, "get_image_features", None)
+    if visual is None or features is None:
+        return frozenset()
+    cells = getattr(features, "__closure__", None) or ()
+    closure = dict(zip(features.__code__.co_freevars, (cell.cell_contents for cell in cells)))
+    if closure.get("prefix") != "image_":
+        return frozenset()
+    names = set(inspect.unwrap(type(visual).forward).__code__.co_names)
+
+    def fetched(function: str) -> bool:
+        helper = getattr(vision_utils, function, None)
+        return function in names and helper is not None and "kwargs" in inspect.signature(helper).parameters
+
+    accepted = set()
+    if fetched("get_vision_position_ids"):
+        accepted.add("position_ids")
+    if fetched("get_vision_attention_seqlens") and hasattr(vision_utils, "get_vision_cu_seqlens"):
+        accepted |= {"cu_seqlens", "max_seqlen"}
+    if fetched("get_vision_window_index"):
+        accepted |= {"window_index", "cu_window_seqlens"}
+        if "get_max_seqlen" in names:
+            accepted.add("max_window_seqlen")
+    return frozenset(accepted)

@@ -20,7 +20,6 @@ come out in input order. On CUDA batches are copied from pinned memory without b
 
 from __future__ import annotations
 
-import inspect
 import re
 import sys
 from collections import deque
@@ -31,7 +30,7 @@ import torch
 
 from .batching import Example, ExampleBuilder, collate
 from .chat import DEFAULT_COT_FORM, read_cot_attributes, render_prompt
-from .compat import accepts_token_types, base_model, cache_argument, returned_cache
+from .compat import accepts_token_types, base_model, cache_argument, precomputed_vision_inputs, returned_cache
 from .conversations import Conversation, question_groups
 from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError
 from .model import ScoringModel, load_model, uncarded_note
@@ -673,47 +672,6 @@ def _attention(model) -> str:
     config = base_model(model).config
     config = getattr(config, "text_config", None) or config
     return str(getattr(config, "_attn_implementation", None) or "")
-
-
-def precomputed_vision_inputs(model) -> frozenset[str]:
-    """The vision-tower inputs the installed transformers takes precomputed, as ``image_<name>``
-    keywords of the model's forward: ``position_ids``, ``cu_seqlens`` and ``max_seqlen``, and for
-    Qwen2.5-VL ``window_index``, ``cu_window_seqlens`` and ``max_window_seqlen``.
-
-    Read from the installed code, not its version: the model's ``get_image_features`` must route
-    ``image_*`` keywords to the tower (transformers' ``accepts_precomputed_kwargs``), and the tower's
-    forward must fetch each value through the ``transformers.vision_utils`` function that takes it
-    from those keywords when given. Empty where either is missing: the tower computes them itself.
-    """
-    try:
-        from transformers import vision_utils
-    except ImportError:
-        return frozenset()
-    inner = getattr(base_model(model), "model", None)
-    visual = getattr(inner, "visual", None)
-    features = getattr(inner, "get_image_features", None)
-    if visual is None or features is None:
-        return frozenset()
-    cells = getattr(features, "__closure__", None) or ()
-    closure = dict(zip(features.__code__.co_freevars, (cell.cell_contents for cell in cells)))
-    if closure.get("prefix") != "image_":
-        return frozenset()
-    names = set(inspect.unwrap(type(visual).forward).__code__.co_names)
-
-    def fetched(function: str) -> bool:
-        helper = getattr(vision_utils, function, None)
-        return function in names and helper is not None and "kwargs" in inspect.signature(helper).parameters
-
-    accepted = set()
-    if fetched("get_vision_position_ids"):
-        accepted.add("position_ids")
-    if fetched("get_vision_attention_seqlens") and hasattr(vision_utils, "get_vision_cu_seqlens"):
-        accepted |= {"cu_seqlens", "max_seqlen"}
-    if fetched("get_vision_window_index"):
-        accepted |= {"window_index", "cu_window_seqlens"}
-        if "get_max_seqlen" in names:
-            accepted.add("max_window_seqlen")
-    return frozenset(accepted)
 
 
 def _attribute_entry(task: Task, stated: str | None) -> dict:
