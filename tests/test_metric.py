@@ -158,6 +158,7 @@ def test_every_input_kind_gets_its_row_in_order(tiny_metric, tmp_path):
     for score, row in zip(scores.tolist(), rows):
         assert (math.isnan(score) and (row.status != "ok" or row.ncm is None)) or score == row.ncm
     assert tiny_metric.score_range == (1, 5) and tiny_metric.lower_better is False
+    assert tiny_metric.name == "tiny" and tiny_metric.entry.adapter is None
 
 
 def test_a_failed_in_memory_image_keeps_its_own_name(tiny_metric):

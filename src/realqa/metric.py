@@ -56,10 +56,15 @@ class ModelEntry:
     description: str = ""
 
 
-def _demo_entry() -> ModelEntry:
+def _demo_entry() -> ModelEntry | None:
+    """The bundled demo model, or None in a build without it (the other names stay usable)."""
     from .models import demo_model_path
 
-    return ModelEntry("realqa-demo", str(demo_model_path()), description=(
+    try:
+        folder = demo_model_path()
+    except FileNotFoundError:
+        return None
+    return ModelEntry("realqa-demo", str(folder), description=(
         "the demo model bundled with realqa: small, trained on synthetic technical distortions only (see its card)"))
 
 
@@ -77,7 +82,7 @@ _registered: dict[str, ModelEntry] = {}  # register_model's names, in the order 
 def _entries() -> dict[str, ModelEntry]:
     """Every known name: the bundled demo model, the official presets, then the registered folders
     (a registered name may replace a preset)."""
-    known = {entry.name: entry for entry in (_demo_entry(), *_OFFICIAL)}
+    known = {entry.name: entry for entry in (_demo_entry(), *_OFFICIAL) if entry is not None}
     known.update(_registered)
     return known
 
@@ -146,26 +151,30 @@ def create_metric(name_or_path: str | os.PathLike, *, task: str | None = None, d
                          card=card if card is not None else entry.card, device=device, dtype=dtype,
                          batch_size=batch_size, **options)
     ask = TaskOptions(task if task is not None else entry.task, decimals)
-    return Metric(model.load(), ask, value=value, name=entry.name)
+    return Metric(model.load(), ask, value=value, entry=replace(entry, adapter=model.adapter, card=model.card))
 
 
 class Metric:
     """Scores images with one model and question; call it on inputs for a 1-D tensor of scores.
 
     Made by :func:`create_metric`. ``score_range`` is the task's (low, high); ``lower_better`` is False
-    (a higher score is a better image). A returned value is NaN where the row's status is not ``ok``
-    (the input failed, the answer held no number, or the number was outside the range); the row says which.
+    (a higher score is a better image). A returned value is NaN where the row's status is not ``ok`` (the
+    input failed, the answer held no number, or the number was outside the range) or, for ``value="ncm"``,
+    where the digits of the answer could not be read one token each; the row says which.
     """
 
     lower_better = False
 
-    def __init__(self, scorer, ask, *, value: str = "ncm", name: str = "model"):
+    def __init__(self, scorer, ask, *, value: str = "ncm", entry: ModelEntry | None = None):
+        """``scorer``: a :class:`~realqa.engine.Scorer`; ``ask``: a :class:`~realqa.job.TaskOptions`; ``entry``:
+        what was loaded (:attr:`entry`, for the record)."""
         from .job import ScoreJob
 
         if value not in VALUES:
             raise ValueError(f"value must be one of {', '.join(VALUES)}, got {value!r}")
         self.scorer = scorer
-        self.name = name
+        self.entry = entry or ModelEntry("model", scorer.loaded.name)
+        self.name = self.entry.name
         self.value = value
         self.task = scorer.task(ask.task, ask.decimals)  # an unknown task or bad decimals fail here
         if not self.task.is_score:
