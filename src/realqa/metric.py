@@ -97,8 +97,8 @@ def register_model(name: str, path: str | os.PathLike, *, adapter: str | os.Path
                    card: str | os.PathLike | None = None, task: str = "quality", description: str = "",
                    overwrite: bool = False) -> ModelEntry:
     """Make ``name`` load ``path`` (a model folder, e.g. a ``realqa train`` output, or a hub id), with an
-    optional ``adapter`` and ``card``; ``task`` is the metric's default question. A name already known is
-    refused unless ``overwrite``."""
+    optional ``adapter`` and ``card``; ``task`` is the metric's default question. The name lasts for this
+    process. A name already known is refused unless ``overwrite``."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"a model name must be a non-empty string, got {name!r}")
     if name in _entries() and not overwrite:
