@@ -33,10 +33,12 @@ def six_images(tmp_path):
 
 
 class StubScorer:
-    """Answers from the file name: a score for most, no score for img4, an error for img5."""
+    """Answers from the file name: a score for most, no score for img4, an error for img5; ``spreads``
+    (optional) gives each scored image's ncm_std."""
 
-    def __init__(self, scores):
+    def __init__(self, scores, spreads=None):
         self.scores = scores
+        self.spreads = spreads or [None] * len(scores)
         self.calls = []
 
     def iter_scores(self, paths, task, *, decimals=None, batch_size=None, cot=False, attributes=False):
@@ -49,7 +51,8 @@ class StubScorer:
                 yield ScoreResult(path, task, None, None, "no_score", "The quality is good")
             else:
                 value = self.scores[index]
-                yield ScoreResult(path, task, value, value, "ok" if value <= 5 else "out_of_range", f"{value:.2f}.")
+                yield ScoreResult(path, task, value, value, "ok" if value <= 5 else "out_of_range", f"{value:.2f}.",
+                                  ncm_std=self.spreads[index])
 
 
 def test_table_counts_metrics_and_prediction_rows(six_images, tmp_path):
@@ -132,3 +135,35 @@ def test_bench_command_with_the_tiny_model(tiny_model_dir, tmp_path, capsys):
                "--limit", "2") == 0
     with open(again / "bench.csv", newline="") as handle:
         assert int(next(csv.DictReader(handle))["rows"]) == 2
+
+
+def test_the_table_says_whether_a_larger_spread_goes_with_a_larger_error(six_images, tmp_path):
+    """Labels on 1-5: 1.4, 2.0, 2.6, 3.2 for img0-3. Errors |score - label|: 0.1, 0.8, 0.3, 1.2."""
+    scores = [1.5, 1.2, 2.9, 4.4, None, None]
+    spreads = [0.05, 0.3, 0.1, 0.6, None, None]  # ranked as the errors: SRCC 1
+    table = run_bench(StubScorer(scores, spreads), [("six", six_images)], tmp_path / "b")
+    row = table.rows[0]
+    assert row.std_error_srcc == pytest.approx(1.0)
+    with open(row.predictions, newline="") as handle:
+        assert [p["ncm_std"] for p in csv.DictReader(handle)] == ["0.05", "0.3", "0.1", "0.6", "", ""]
+    assert "std~err" in table.to_text() and " 1.0000 " in table.to_text().splitlines()[1]
+    assert "SRCC(ncm_std, abs. error)" in (tmp_path / "b" / "bench.md").read_text()
+    reversed_spreads = [0.6, 0.1, 0.3, 0.05, None, None]
+    assert run_bench(StubScorer(scores, reversed_spreads), [("six", six_images)], tmp_path / "c").rows[0] \
+        .std_error_srcc == pytest.approx(-1.0)
+    # Without spreads (a model whose digits were not read) there is nothing to correlate.
+    assert math.isnan(run_bench(StubScorer(scores), [("six", six_images)], tmp_path / "d").rows[0].std_error_srcc)
+
+
+def test_spread_error_srcc_by_hand():
+    from realqa.evaluation import spread_error_srcc
+
+    value, rows = spread_error_srcc([0.1, 0.2, None, 0.4, 0.3], [3.0, 2.0, 4.0, None, 1.0], [3.1, 2.5, 4.0, 1.0, 3.0])
+    # Rows 0, 1 and 4 have both: errors 0.1, 0.5, 2.0 against spreads 0.1, 0.2, 0.3 -> same order.
+    assert (value, rows) == (pytest.approx(1.0), 3)
+    # Spread ranks 3, 1, 2 against error ranks 2, 3, 1 (errors 0.5, 0.9, 0): 1 - 6 * (1 + 4 + 1) / (3 * 8) = -0.5.
+    value, rows = spread_error_srcc([0.3, 0.1, 0.2], [3.0, 2.0, 1.0], [3.5, 2.9, 1.0])
+    assert (value, rows) == (pytest.approx(-0.5), 3)
+    assert math.isnan(spread_error_srcc([0.1], [1.0], [2.0])[0])
+    with pytest.raises(ValueError, match="2 spreads, 1 scores and 1 labels"):
+        spread_error_srcc([0.1, 0.2], [1.0], [1.0])

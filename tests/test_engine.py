@@ -11,7 +11,7 @@ from realqa import load_scorer
 from realqa.chat import scoring_prompt
 from realqa.engine import Scorer
 from realqa.model import CARD_FILE, load_model
-from realqa.numeric import digit_expectation
+from realqa.numeric import digit_expectation, digit_std
 from toy_data import brightness_image
 
 
@@ -26,6 +26,7 @@ def test_format_model_writes_parsable_scores_with_ncm(format_scorer):
     for r in ok:
         assert 1 <= r.score <= 5
         assert r.ncm is not None and 0 <= r.ncm <= 9.99
+        assert r.ncm_std is not None and 0 <= r.ncm_std <= 4.53  # sqrt(20.25 * sum 10^-2i): the widest possible spread
         assert r.text.startswith(format_scorer.task("quality").score_format.format(r.score))
 
 
@@ -59,6 +60,9 @@ def test_ncm_is_read_at_the_digit_positions(format_scorer):
     positions = [start - 1 + i for i, token in enumerate(answer_ids) if token in loaded.digit_ids]
     expected = float(digit_expectation(logits[positions], loaded.digit_ids))
     assert result.ncm == pytest.approx(expected, abs=1e-4)
+    # The spread is read at the same positions, from the same distributions.
+    assert result.ncm_std == pytest.approx(float(digit_std(logits[positions], loaded.digit_ids)), abs=1e-4)
+    assert result.ncm_std > 0
 
 
 def test_bad_inputs_become_error_rows_and_the_rest_is_scored(format_scorer, tmp_path):

@@ -12,6 +12,7 @@ from realqa.numeric import (
     digit_expectation,
     digit_expectation_star,
     digit_probs,
+    digit_std,
     digit_token_ids,
     map_range,
     parse_score,
@@ -207,3 +208,42 @@ def test_digit_ids_reject_a_tokenizer_that_splits_digits():
 
     with pytest.raises(ValueError, match="one is required"):
         digit_token_ids(Splitting())
+
+
+def test_digit_std_matches_a_hand_computation():
+    """Var(S) = sum_i 10^-2i Var(d_i), positions independent: worked out by hand on two-digit mixtures."""
+    certain = 60.0
+    # Position 0: 3 or 4 with equal weight -> Var = 0.25. Position 1: certain 4 -> 0. Position 2: 6 or 8 equally -> 1.
+    rows = [{3: certain, 4: certain}, {4: certain}, {6: certain, 8: certain}]
+    logits = _logits(rows)
+    expected = math.sqrt(0.25 + 0.0 + 1.0 * 0.01**2)
+    assert float(digit_std(logits, DIGIT_IDS)) == pytest.approx(expected, rel=1e-6)
+    # The mean of the same distributions is what NCM reports: the spread is around it.
+    assert float(digit_expectation(logits, DIGIT_IDS)) == pytest.approx(3.5 + 0.4 + 0.07, abs=1e-6)
+
+
+def test_digit_std_against_the_definition_on_random_logits():
+    rows = [{3: 4.0, 4: 2.0}, {4: 3.0, 5: 1.0, 9: 0.5}, {7: 2.5, 6: 2.0}]
+    logits = _logits(rows)
+    variance = 0.0
+    for p, row in enumerate(rows):
+        weights = [math.exp(row.get(d, 0.0)) for d in range(10)]
+        z = sum(weights)
+        mean = sum(d * w / z for d, w in enumerate(weights))
+        variance += 10.0 ** (-2 * p) * sum((d - mean) ** 2 * w / z for d, w in enumerate(weights))
+    assert float(digit_std(logits, DIGIT_IDS)) == pytest.approx(math.sqrt(variance), rel=1e-6)
+
+
+def test_digit_std_of_a_certain_model_is_zero_and_of_a_uniform_digit_is_its_spread():
+    assert float(digit_std(_logits([{3: 60.0}, {4: 60.0}, {7: 60.0}]), DIGIT_IDS)) == pytest.approx(0.0, abs=1e-6)
+    uniform = _logits([{}])  # every digit logit 0: d uniform on 0..9, Var = (10^2 - 1) / 12
+    assert float(digit_std(uniform, DIGIT_IDS)) == pytest.approx(math.sqrt(8.25), rel=1e-6)
+
+
+def test_digit_std_masks_padded_positions():
+    certain = 60.0
+    logits = torch.stack([_logits([{2: certain}, {5: certain, 6: certain}, {0: certain, 9: certain}])] * 2)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    got = digit_std(logits, DIGIT_IDS, mask=mask).tolist()
+    assert got == pytest.approx([math.sqrt(0.25 * 0.01 + 20.25 * 1e-4), math.sqrt(0.25 * 0.01)], rel=1e-6)
+    assert digit_std(logits, DIGIT_IDS, mask=torch.zeros(2, 3)).tolist() == [0.0, 0.0]

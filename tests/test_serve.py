@@ -32,7 +32,8 @@ def png(color=(200, 30, 30), size=(64, 48)) -> bytes:
 
 
 class StubScorer:
-    """Scores an image by its red value / 50; records each model batch; can be slow or fail."""
+    """Scores an image by its red value / 50 (NCM 0.01 more, spread red / 1000); records each model batch;
+    can be slow or fail."""
 
     batch_size = 4
     tasks = {"quality": None, "aesthetics": None}
@@ -48,7 +49,8 @@ class StubScorer:
             red = image.getpixel((0, 0))[0]
             if red == 13:
                 raise RuntimeError("the model broke")
-            results.append(ScoreResult(f"<image {i}>", task, red / 50, None, "ok", f"{red / 50:.2f}"))
+            results.append(ScoreResult(f"<image {i}>", task, red / 50, red / 50 + 0.01, "ok", f"{red / 50:.2f}",
+                                       ncm_std=red / 1000))
         self.batches.append((task, len(results)))
         return results
 
@@ -111,6 +113,8 @@ def test_several_images_give_rows_in_upload_order(stub_server):
     assert body["task"] == "aesthetics" and body["count"] == 3
     assert [(r["path"], r["score"], r["status"]) for r in body["results"]] == [
         ("x.png", 2.0, "ok"), ("y.png", 3.0, "ok"), ("z.jpg", 1.0, "ok")]
+    # Each row carries the model's expected score and its spread (the uncertainty), by upload.
+    assert [(r["ncm"], r["ncm_std"]) for r in body["results"]] == [(2.01, 0.1), (3.01, 0.15), (1.01, 0.05)]
 
 
 @pytest.fixture(scope="module")

@@ -283,3 +283,75 @@ def test_two_processes_end_with_identical_weights(tiny_model_dir, toy, tmp_path)
     assert digests[0][2] == digests[1][2] == "2"  # both ran in one 2-process group
     assert digests[0][1] == digests[1][1] == "6"
     assert digests[0][0] == digests[1][0]
+
+
+# ---------------------------------------------------------------- the README.md model card
+
+
+def _front_matter(text: str) -> dict:
+    import yaml
+
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_model_card_text_front_matter_recipe_figures_and_usage():
+    from realqa.model import ModelCard
+    from realqa.train.card import model_card_text
+
+    config = load_config(None, ["model=Qwen/Qwen2-VL-7B-Instruct", "output_dir=runs/koniq", "train=[data/koniq.jsonl]",
+                                "lora.rank=64", "learning_rate=2e-4", "epochs=3", "license=mit"])
+    text = model_card_text(config, ModelCard(), steps=120, train_loss=0.25,
+                           metrics={"step": 120, "heldout_test_quality_srcc": 0.9123, "heldout_test_quality_rows": 16})
+    assert _front_matter(text) == {"base_model": "Qwen/Qwen2-VL-7B-Instruct", "library_name": "peft", "license": "mit",
+                                   "pipeline_tag": "image-text-to-text",
+                                   "tags": ["realqa", "image-quality-assessment", "image-aesthetics-assessment",
+                                            "qwen2-vl", "lora"]}
+    for line in ("| LoRA | rank 64, alpha 128, dropout 0.15 |", "| learning rate | 0.0002, cosine, warmup 0.1 |",
+                 "| epochs | 3 |", "| decimals | 2 |", "| steps run | 120 |", "| final training loss | 0.2500 |",
+                 "- `koniq.jsonl`: quality, plain answers", "| heldout_test_quality_srcc | 0.9123 |",
+                 "| heldout_test_quality_rows | 16 |",
+                 "realqa score photos/ --model Qwen/Qwen2-VL-7B-Instruct --adapter runs/koniq --task quality",
+                 'realqa.create_metric("Qwen/Qwen2-VL-7B-Instruct", adapter="runs/koniq", task="quality")'):
+        assert line in text, line
+    assert "| step |" not in text  # the step a figure was taken at is not a figure
+
+
+def test_model_card_of_a_full_fine_tune_from_a_hub_cache_folder_without_figures():
+    from realqa.model import ModelCard
+    from realqa.train.card import model_card_text
+
+    base = "/cache/hub/models--Qwen--Qwen2-VL-2B-Instruct/snapshots/0123abc"
+    config = load_config(None, [f"model={base}", "output_dir=out/full", "train=[a.jsonl]", "finetuning=full"])
+    text = model_card_text(config, ModelCard())
+    front = _front_matter(text)
+    assert front["base_model"] == "Qwen/Qwen2-VL-2B-Instruct" and front["library_name"] == "transformers"
+    assert front["license"] == "unknown" and "full" in front["tags"]
+    assert "LoRA" not in text and "computed no figures" in text
+    assert 'realqa.create_metric("out/full", task="quality")' in text
+    local = model_card_text(load_config(None, ["model=/models/mine", "output_dir=o", "train=[a.jsonl]"]), ModelCard())
+    assert "base_model" not in _front_matter(local) and "set `base_model` above before uploading" in local
+
+
+def test_a_training_run_writes_a_model_card_that_scores(tiny_model_dir, toy, tmp_path):
+    """The README.md beside realqa_card.json: its front matter, the run's held-out figures, and a Python line that
+    loads the output."""
+    import realqa
+
+    train_manifest, test_manifest = toy
+    out = tmp_path / "lora"
+    overrides = _overrides(tiny_model_dir, out, train_manifest, f"eval=[{test_manifest}]", "lora.rank=8", "max_steps=2",
+                           "eval_max_samples=4", "license=apache-2.0")
+    result = train(load_config(None, overrides), log=lambda m: None)
+    text = (out / "README.md").read_text()
+    assert (out / "realqa_card.json").is_file()
+    front = _front_matter(text)
+    assert front["library_name"] == "peft" and front["license"] == "apache-2.0" and "realqa" in front["tags"]
+    final = result.held_out[-1]
+    assert f"| heldout_test_quality_rows | {final['heldout_test_quality_rows']} |" in text
+    assert "| eval_loss |" in text and "| steps run | 2 |" in text and "eval_runtime" not in text
+    (python,) = [line for line in text.splitlines() if line.startswith("metric = realqa.create_metric(")]
+    namespace = {"realqa": realqa}
+    exec(python.replace('task="quality"', f'task="quality", device="cpu", min_pixels={SMALL_PIXELS["min_pixels"]}'),
+         namespace)
+    assert namespace["metric"].task.name == "quality"

@@ -47,7 +47,8 @@ def levels(frames) -> list[int]:
 
 
 class BrightnessScorer:
-    """Stands in for the Scorer: a frame's score is its brightness / 50; level 250 gives no score."""
+    """Stands in for the Scorer: a frame's score is its brightness / 50, its spread brightness / 1000;
+    level 250 gives no score."""
 
     class examples:
         max_image_pixels = 10_000_000
@@ -62,7 +63,8 @@ class BrightnessScorer:
         for image in images:
             level = round(float(np.asarray(image).mean()))
             rows.append(ScoreResult("<image>", task, None, None, "no_score", "blurry") if level > 245 else
-                        ScoreResult("<image>", task, level / 50, level / 50 + 0.01, "ok", f"{level / 50:.2f}"))
+                        ScoreResult("<image>", task, level / 50, level / 50 + 0.01, "ok", f"{level / 50:.2f}",
+                                    ncm_std=level / 1000))
         return rows
 
     def iter_scores(self, images, task="quality", *, decimals=None, batch_size=None):
@@ -127,6 +129,9 @@ def test_frame_scores_are_kept_and_averaged(tmp_path):
     assert [f.score for f in video.frames] == pytest.approx([0.92, 2.12, 3.32, 4.52], abs=0.05)
     assert video.result.score == pytest.approx(np.mean([f.score for f in video.frames]))
     assert video.result.ncm == pytest.approx(video.result.score + 0.01)
+    # The clip's spread is the mean of its frames' spreads (each frame's is its brightness / 1000).
+    assert [f.ncm_std for f in video.frames] == pytest.approx([s / 20 for s in (0.92, 2.12, 3.32, 4.52)], abs=0.003)
+    assert video.result.ncm_std == pytest.approx(np.mean([f.ncm_std for f in video.frames]))
     assert video.result.status == "ok" and video.result.text.startswith("mean of 4 frames: ")
     assert video.result.path == str(tmp_path / "c.mp4") and video.duration == pytest.approx(2.0)
 
@@ -134,7 +139,7 @@ def test_frame_scores_are_kept_and_averaged(tmp_path):
 def test_a_frame_without_a_score_leaves_the_video_without_one(tmp_path):
     clip = write_video(tmp_path / "c.mp4", level=lambda i: 250 if i == 8 else 100)
     video = score_video(BrightnessScorer(), clip, sampling=FrameSampling(frames=4))
-    assert video.result.score is None and video.result.status == "no_score"
+    assert video.result.score is None and video.result.status == "no_score" and video.result.ncm_std is None
     assert "1 of 4 frames have no score (first: frame 1 at 0.80s: blurry)" in video.result.error
 
 
@@ -149,6 +154,9 @@ def test_bad_files_are_error_rows_and_the_others_are_scored(tmp_path):
     assert [r.status for r in rows] == ["ok", "ok", "error", "ok"]
     assert "file is empty" in rows[2].error and len(seen) == 2
     assert is_video("x.MKV") and not is_video("x.png")
+    in_memory = Image.new("RGB", (40, 30), (90, 90, 90))  # a PIL image among paths is an image, never a video
+    assert [r.status for r in iter_with_videos(BrightnessScorer(), [in_memory, inputs[1]],
+                                               video={"sampling": FrameSampling(frames=2)})] == ["ok", "ok"]
     with pytest.raises(ValueError, match="attributes: not available for videos"):
         list(iter_with_videos(BrightnessScorer(), inputs, attributes=True))
 
@@ -162,6 +170,7 @@ def test_frames_side_file(tmp_path):
     assert [(r["video"], r["index"], r["time"]) for r in rows] == [(video.result.path, "0", "0.5"),
                                                                   (video.result.path, "1", "1.5")]
     assert float(rows[0]["score"]) == video.frames[0].score
+    assert float(rows[0]["ncm_std"]) == video.frames[0].ncm_std
 
 
 def test_tiny_model_scores_frames(tiny_scorer, tmp_path):

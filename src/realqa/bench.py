@@ -25,7 +25,8 @@ from .numeric import PARSE_NO_SCORE, PARSE_OK, PARSE_OUT_OF_RANGE
 from .results import STATUS_ERROR, spreadsheet_safe
 from .video import FrameWriter
 
-PREDICTION_FIELDS = ("id", "image", "label", "label_native", "score", "score_native", "ncm", "status", "text", "error")
+PREDICTION_FIELDS = ("id", "image", "label", "label_native", "score", "score_native", "ncm", "ncm_std", "status", "text",
+                     "error")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class BenchRow:
     official_rows: int = 0
     official_srcc: float = math.nan
     official_plcc: float = math.nan
+    # Does the model's uncertainty mean something: Spearman between ncm_std and |score - label| over the
+    # evaluated rows (positive: larger spread, larger error); see realqa.evaluation.spread_error_srcc.
+    std_error_srcc: float = math.nan
 
 
 @dataclass
@@ -62,15 +66,19 @@ class BenchTable:
     def to_text(self) -> str:
         width = max([12] + [len(r.dataset) for r in self.rows])
         header = f"{'dataset':<{width}} {'task':<10} {'split':<6} {'rows':>6} {'scored':>6} {'no-score':>8} " \
-                 f"{'range':>6} {'errors':>6} {'SRCC':>7} {'PLCC':>7}   official: {'rows':>6} {'SRCC':>7} {'PLCC':>7}"
+                 f"{'range':>6} {'errors':>6} {'SRCC':>7} {'PLCC':>7} {'std~err':>7}   official: {'rows':>6} " \
+                 f"{'SRCC':>7} {'PLCC':>7}"
         lines = [header]
         for r in self.rows:
             lines.append(f"{r.dataset:<{width}} {r.task:<10} {r.split:<6} {r.rows:>6} {r.evaluated:>6} "
                          f"{r.parse_failures:>8} {r.out_of_range:>6} {r.errors:>6} {_number(r.srcc):>7} "
-                         f"{_number(r.plcc):>7}   {'':9} {r.official_rows:>6} {_number(r.official_srcc):>7} "
+                         f"{_number(r.plcc):>7} {_number(r.std_error_srcc):>7}   {'':9} {r.official_rows:>6} "
+                         f"{_number(r.official_srcc):>7} "
                          f"{_number(r.official_plcc):>7}")
-        lines.append("range: answers outside the task's range (never evaluated); official: the authors' script's "
-                     "reading of the same answers (first <...>, unreadable rows skipped)")
+        lines.append("range: answers outside the task's range (never evaluated); std~err: Spearman between ncm_std "
+                     "(the spread of the score under the digit probabilities) and |score - label| over the scored rows "
+                     "(positive: a less sure answer is further off); official: the authors' script's reading of the "
+                     "same answers (first <...>, unreadable rows skipped)")
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -84,12 +92,14 @@ class BenchTable:
         ]
         long = [
             "| Dataset | Task | Split | Rows | Evaluated | Parse failures | Errors | Out of range | SRCC | PLCC | KRCC "
-            "| PLCC (logistic) | RMSE | RMSE (native) | Official reading: rows | SRCC | PLCC |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| PLCC (logistic) | RMSE | RMSE (native) | SRCC(ncm_std, abs. error) | Official reading: rows | SRCC "
+            "| PLCC |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ] + [
             f"| {r.dataset} | {r.task} | {r.split} | {r.rows} | {r.evaluated} | {r.parse_failures} | {r.errors} | "
             f"{r.out_of_range} | {_number(r.srcc)} | {_number(r.plcc)} | {_number(r.krcc)} | "
-            f"{_number(r.plcc_logistic)} | {_number(r.rmse)} | {_number(r.rmse_native)} | {r.official_rows} | "
+            f"{_number(r.plcc_logistic)} | {_number(r.rmse)} | {_number(r.rmse_native)} | "
+            f"{_number(r.std_error_srcc)} | {r.official_rows} | "
             f"{_number(r.official_srcc)} | {_number(r.official_plcc)} |"
             for r in self.rows
         ]
@@ -193,9 +203,9 @@ def _bench_row(name: str, task: str, split: str, labelled: Sequence[_Labelled], 
 
     Only answers inside the task's range are evaluated; the others are counted by status.
     """
-    from .evaluation import official_reading
+    from .evaluation import official_reading, spread_error_srcc
 
-    preds, labels, texts = [], [], []
+    preds, labels, texts, spreads = [], [], [], []
     counts = {STATUS_ERROR: 0, PARSE_NO_SCORE: 0, PARSE_OUT_OF_RANGE: 0}
     with open(predictions_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=PREDICTION_FIELDS)
@@ -205,10 +215,11 @@ def _bench_row(name: str, task: str, split: str, labelled: Sequence[_Labelled], 
             preds.append(result.score if result.status == PARSE_OK else None)
             labels.append(entry.label)
             texts.append(result.text)
+            spreads.append(result.ncm_std)
             row = {
                 "id": entry.id, "image": result.path, "label": entry.label, "label_native": entry.native,
                 "score": result.score, "score_native": _native(result.score, to_native), "ncm": result.ncm,
-                "status": result.status, "text": result.text, "error": result.error,
+                "ncm_std": result.ncm_std, "status": result.status, "text": result.text, "error": result.error,
             }
             writer.writerow(spreadsheet_safe(row))
     result = evaluate(preds, labels)
@@ -221,7 +232,7 @@ def _bench_row(name: str, task: str, split: str, labelled: Sequence[_Labelled], 
         out_of_range=counts[PARSE_OUT_OF_RANGE], srcc=result.srcc, plcc=result.plcc, krcc=result.krcc,
         plcc_logistic=result.plcc_logistic, rmse=result.rmse, rmse_native=native_rmse,
         predictions=str(predictions_path), official_rows=official.n_kept, official_srcc=official.srcc,
-        official_plcc=official.plcc,
+        official_plcc=official.plcc, std_error_srcc=spread_error_srcc(spreads, preds, labels)[0],
     )
 
 

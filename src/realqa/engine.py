@@ -34,7 +34,7 @@ from .compat import accepts_token_types, base_model, cache_argument, precomputed
 from .conversations import Conversation, question_groups
 from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError
 from .model import ScoringModel, load_model, uncarded_note
-from .numeric import PARSE_NO_SCORE, digit_expectation
+from .numeric import PARSE_NO_SCORE, digit_expectation, digit_std
 from .prefetch import HostBuffers, prepare_examples, run_ahead
 from .results import ScoreResult
 from .tasks import Task
@@ -534,16 +534,19 @@ class Scorer:
         return pending if later else pending.answers()
 
     def _read(self, label: str, question: Question, answer: _Answer) -> ScoreResult:
-        """Parse one answer; for scores, the NCM value at the digits of the number that was read."""
+        """Parse one answer; for scores, the NCM value at the digits of the number that was read, and its
+        spread ``ncm_std`` (:func:`realqa.numeric.digit_std`) under the same digit distributions."""
         task = question.task
         text = self.loaded.tokenizer.decode(answer.tokens, skip_special_tokens=True)
         parsed = task.parse(text if question.cot else task.answer_prefix + text)
-        ncm = None
+        ncm = ncm_std = None
         if task.is_score and parsed.status != PARSE_NO_SCORE:
             positions = self._number_positions(answer.tokens, parsed.value)
             if positions is not None:
-                ncm = float(digit_expectation(answer.digit_logits[positions], list(range(10))))
-        result = ScoreResult(label, task.name, parsed.value, ncm, parsed.status, text)
+                at_digits = answer.digit_logits[positions]
+                ncm = float(digit_expectation(at_digits, list(range(10))))
+                ncm_std = float(digit_std(at_digits, list(range(10))))
+        result = ScoreResult(label, task.name, parsed.value, ncm, parsed.status, text, ncm_std=ncm_std)
         if question.cot:
             stated = read_cot_attributes(text, self.attributes, self.cot_form)
             result = result.with_attributes({a.name: _attribute_entry(a, stated[a.name]) for a in self.attributes})

@@ -25,7 +25,7 @@ from typing import NamedTuple, Sequence
 
 from scipy import stats
 
-from .metrics import classification, evaluate
+from .metrics import classification, evaluate, srcc
 from .numeric import PARSE_OUT_OF_RANGE, parse_score
 from .results import SOURCE_LLAMAFACTORY, Prediction
 
@@ -269,6 +269,24 @@ def _is_number(value) -> bool:
 
 def _float(value) -> float | None:
     return None if value is None else float(value)
+
+
+# ---------------------------------------------------------------- uncertainty against error
+
+
+def spread_error_srcc(spreads: Sequence[float | None], scores: Sequence[float | None],
+                      labels: Sequence[float]) -> tuple[float, int]:
+    """Whether a larger spread goes with a larger error: the Spearman correlation between each row's
+    ``ncm_std`` and its absolute error |score - label|, and the number of rows it is over (those with a
+    finite score and spread). Positive: the model is less sure where it is more wrong. NaN where undefined
+    (fewer than two rows, or a constant side)."""
+    if not len(spreads) == len(scores) == len(labels):
+        raise ValueError(f"{len(spreads)} spreads, {len(scores)} scores and {len(labels)} labels")
+    pairs = [(spread, abs(score - label)) for spread, score, label in zip(spreads, scores, labels)
+             if _is_number(spread) and _is_number(score)]
+    if not pairs:
+        return math.nan, 0
+    return srcc([p for p, _ in pairs], [e for _, e in pairs]), len(pairs)
 
 
 # ---------------------------------------------------------------- the official reading

@@ -1,4 +1,4 @@
-"""Score text <-> value, range mapping, and the digit expectation (NCM, NCM*).
+"""Score text <-> value, range mapping, and the digit expectation (NCM, NCM*) and its spread.
 
 A score on the wire has one integer digit and ``k`` decimals (k = 0..3), e.g. ``3.47``.
 This module is the only place that knows how a score is written and read back.
@@ -190,3 +190,24 @@ def digit_expectation_star(logits: torch.Tensor, digit_ids: Sequence[int], label
     values = torch.arange(10, dtype=probs.dtype, device=probs.device)
     keep = 1.0 - torch.nn.functional.one_hot(label_digits.long(), 10).to(probs.dtype)
     return _place_sum((probs * values * keep).sum(-1), mask)
+
+
+def digit_std(logits: torch.Tensor, digit_ids: Sequence[int], mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The standard deviation of the score under the same digit distributions as :func:`digit_expectation`.
+
+    The rule: the written score is S = sum_i 10^-i d_i, each digit d_i drawn from the softmax over the
+    ten digit tokens at its position, the positions taken as **independent** (the model's distribution
+    at a position is read with the greedy digits before it, not summed over alternatives), so
+    Var(S) = sum_i 10^-2i Var(d_i), with Var(d_i) = sum_d p_i(d) (d - E[d_i])^2, and the result is
+    sqrt(Var(S)). 0 when the model is certain of every digit; a uniform integer digit alone gives
+    sqrt(8.25) = 2.87. ``logits`` and ``mask`` as in :func:`digit_expectation` (padded positions add
+    nothing; a row with no digit gives 0).
+    """
+    probs = digit_probs(logits, digit_ids)
+    values = torch.arange(10, dtype=probs.dtype, device=probs.device)
+    mean = (probs * values).sum(-1, keepdim=True)
+    variance = (probs * (values - mean) ** 2).sum(-1)
+    weight = _place_values(variance.shape[-1], variance) ** 2
+    if mask is not None:
+        weight = weight * mask.to(variance.dtype)
+    return (variance * weight).sum(-1).sqrt()

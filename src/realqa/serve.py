@@ -828,6 +828,7 @@ def create_app(scorer, limits: ServeLimits = ServeLimits(), *, model_name: str |
                                               "scoring not finished in time"}})
     async def score(request: Request) -> dict:
         """One row per image, in upload order: ``path`` (the upload's file name), ``score``, ``ncm``,
+        ``ncm_std`` (the spread of the score under the model's digit probabilities: its uncertainty),
         ``status``, ``text``, ``error``, and ``attributes`` when asked."""
         phase = ["receiving"]
         started = time.monotonic()

@@ -50,10 +50,11 @@ class FrameScore:
     ncm: float | None
     status: str
     text: str
+    ncm_std: float | None = None
 
     def to_row(self) -> dict:
         return {"index": self.index, "time": round(self.time, 3), "score": self.score, "ncm": self.ncm,
-                "status": self.status, "text": self.text}
+                "ncm_std": self.ncm_std, "status": self.status, "text": self.text}
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def score_video(
         kept = tuple(FrameScore(f.index, f.time, None, None, "", "") for f in frames)
         return VideoScore(result, mode, duration, kept)
     results = scorer.score([f.image for f in frames], spec.name, decimals=decimals, batch_size=batch_size)
-    scored = tuple(FrameScore(f.index, f.time, r.score, r.ncm, r.status, r.text or r.error or "")
+    scored = tuple(FrameScore(f.index, f.time, r.score, r.ncm, r.status, r.text or r.error or "", r.ncm_std)
                    for f, r in zip(frames, results))
     return VideoScore(_mean_of_frames(label, spec.name, scored), mode, duration, scored)
 
@@ -117,17 +118,17 @@ def iter_with_videos(
     on_video: Callable[[VideoScore], None] | None = None,
     **image_options,
 ) -> Iterator[ScoreResult]:
-    """One row per input, in input order: images batched by ``scorer.iter_scores`` (with
+    """One row per input (a path or a PIL image), in input order: images batched by ``scorer.iter_scores`` (with
     ``image_options``, e.g. ``attributes``), video files (:func:`is_video`) by :func:`score_video`
     with the ``video`` options; ``on_video`` sees each :class:`VideoScore` (e.g.
     ``FrameWriter.write``) before its row is yielded."""
     inputs = list(inputs)
     asked = sorted(name for name, value in image_options.items() if value)
-    if asked and any(is_video(item) for item in inputs):
+    if asked and any(_is_video_file(item) for item in inputs):
         raise ValueError(f"{', '.join(asked)}: not available for videos; score the videos separately")
     images: list = []
     for item in inputs:
-        if not is_video(item):
+        if not _is_video_file(item):
             images.append(item)
             continue
         if images:
@@ -141,8 +142,17 @@ def iter_with_videos(
         yield from scorer.iter_scores(images, task, decimals=decimals, batch_size=batch_size, **image_options)
 
 
+def _is_video_file(item) -> bool:
+    """A path naming a video file; in-memory images (PIL) are never videos."""
+    return isinstance(item, (str, bytes, os.PathLike)) and is_video(item)
+
+
 def _mean_of_frames(label: str, task: str, frames: Sequence[FrameScore]) -> ScoreResult:
-    """The clip's row: the mean frame score, only when every frame has one (none is dropped)."""
+    """The clip's row: the mean frame score, only when every frame has one (none is dropped).
+
+    Its ``ncm_std`` is the mean of the frames' spreads: the standard deviation of the mean frame NCM when
+    the frames' errors move together (the frames of one clip show one scene), and an upper bound on it for
+    any correlation between frames (the spread of a sum is at most the sum of the spreads)."""
     missing = [f for f in frames if f.score is None]
     listing = " ".join(f"{f.score:g}" if f.score is not None else f.status for f in frames)
     if missing:
@@ -152,10 +162,15 @@ def _mean_of_frames(label: str, task: str, frames: Sequence[FrameScore]) -> Scor
                            f"{len(missing)} of {len(frames)} frames have no score (first: frame {missing[0].index} "
                            f"at {missing[0].time:.2f}s: {missing[0].text or missing[0].status})")
     score = sum(f.score for f in frames) / len(frames)
-    ncms = [f.ncm for f in frames]
-    ncm = sum(ncms) / len(ncms) if all(n is not None for n in ncms) else None
+    ncm = _mean([f.ncm for f in frames])
     status = PARSE_OUT_OF_RANGE if any(f.status == PARSE_OUT_OF_RANGE for f in frames) else PARSE_OK
-    return ScoreResult(label, task, score, ncm, status, f"mean of {len(frames)} frames: {listing}")
+    return ScoreResult(label, task, score, ncm, status, f"mean of {len(frames)} frames: {listing}",
+                       ncm_std=_mean([f.ncm_std for f in frames]))
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """The mean, only when every value is there."""
+    return sum(values) / len(values) if values and all(v is not None for v in values) else None
 
 
 # ---------------------------------------------------------------- mode "video": one Qwen2-VL video input
@@ -235,9 +250,9 @@ def _score_as_video(scorer, frames: Sequence[SampledFrame], duration: float, tas
 
 
 class FrameWriter:
-    """Writes every clip's frames to a CSV side file (``video, index, time, score, ncm, status, text``)."""
+    """Writes every clip's frames to a CSV side file (``video, index, time, score, ncm, ncm_std, status, text``)."""
 
-    FIELDS = ("video", "index", "time", "score", "ncm", "status", "text")
+    FIELDS = ("video", "index", "time", "score", "ncm", "ncm_std", "status", "text")
 
     def __init__(self, path: str | os.PathLike, *, keep: Sequence[str] | None = None):
         """``keep`` resumes a killed run's file: the videos it finished (one entry per finished

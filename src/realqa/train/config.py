@@ -119,6 +119,7 @@ class TrainConfig:
     deepspeed: str | None = None
     report_to: str = "none"
     progress_bar: bool = True
+    license: str | None = None  # the output's licence, for its README.md model card (default: unknown)
 
     def __post_init__(self) -> None:
         if self.finetuning not in DEFAULT_LR:

@@ -1,5 +1,6 @@
 """The training entry point: load the base model, read and check the data, train, and write the
-adapter (or full model), processor files and the model card the scorer reads."""
+adapter (or full model), processor files, the model card the scorer reads and the README.md model card
+people read (:mod:`realqa.train.card`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..batching import ExampleBuilder
 from ..compat import accepts_token_types
 from ..model import ModelCard, ScoringModel, load_model
 from ..tasks import DEFAULT_TASKS
+from .card import write_model_card
 from .config import TrainConfig
 from .data import (
     AnswerEncoder,
@@ -206,9 +208,12 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
 
     resume = config.resume_from_checkpoint
     outcome = trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
-    if do_eval:
-        trainer.evaluate()
+    evaluated = trainer.evaluate() if do_eval else {}
+    figures = {**(held_out.history[-1] if held_out and held_out.history else {}), **_quality_figures(evaluated)}
     _save(trainer, loaded, config, card)
+    if trainer.is_world_process_zero():
+        write_model_card(config.output_dir, config, card, steps=outcome.global_step, train_loss=outcome.training_loss,
+                         metrics=figures)
     wall = time.time() - started
     return TrainResult(
         output_dir=Path(config.output_dir),
@@ -256,6 +261,12 @@ def _card(config: TrainConfig, encoder: AnswerEncoder, conversations: Sequence =
         preprocessing=config.preprocessing,
         extra={"base_model": config.model, "finetuning": config.finetuning, "train_config": config.to_dict()},
     )
+
+
+def _quality_figures(evaluated: dict) -> dict:
+    """The trainer's evaluation figures about the model (loss, NCM error), not about its speed."""
+    return {key: value for key, value in evaluated.items()
+            if key != "epoch" and not key.endswith(("_runtime", "_per_second"))}
 
 
 def _save(trainer, loaded: ScoringModel, config: TrainConfig, card: ModelCard) -> None:
