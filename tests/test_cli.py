@@ -58,9 +58,11 @@ def test_score_prints_a_ranked_table(format_model_dir, tmp_path, capsys):
     code = main(["score", *map(str, EXAMPLE_PHOTOS), "--model", str(format_model_dir), *PIXEL_ARGS])
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:4] == ["rank", "score", "ncm", "path"]
-    ranked = [(float(line.split()[1]), float(line.split()[2])) for line in lines[1:] if line.split()[0].isdigit()]
+    assert lines[0].split()[:5] == ["rank", "score", "ncm", "+-", "path"]
+    rows = [line.split() for line in lines[1:] if line.split()[0].isdigit()]
+    ranked = [(float(row[1]), float(row[2])) for row in rows]
     assert ranked == sorted(ranked, reverse=True) and len(ranked) >= 1  # by score, ties by NCM
+    assert all(float(row[3]) > 0 for row in rows)  # every NCM comes with its spread
 
 
 @pytest.mark.slow  # some 40 photographs

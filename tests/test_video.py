@@ -243,9 +243,10 @@ def generate_reference(scorer, path, sampling: FrameSampling) -> ScoreResult:
 def assert_same_answer(result: ScoreResult, reference: ScoreResult) -> None:
     assert (result.text, result.score, result.status) == (reference.text, reference.score, reference.status)
     if reference.ncm is None:
-        assert result.ncm is None
+        assert result.ncm is None and result.ncm_std is None
     else:
         assert result.ncm == pytest.approx(reference.ncm, abs=1e-4)
+        assert result.ncm_std == pytest.approx(reference.ncm_std, abs=1e-4) and result.ncm_std > 0
 
 
 def test_video_mode_answers_once_per_clip_as_generate_would(tmp_path):

@@ -74,20 +74,22 @@ def _score(args) -> int:
 
 def _print_ranking(results, attribute_names=()) -> None:
     """Scored rows best first (equal scores by their NCM, the finer value), then rows without a score
-    (unparsed answers and errors)."""
+    (unparsed answers and errors). ``+-`` is the NCM's standard deviation (``ncm_std``)."""
     scored = sorted((r for r in results if isinstance(r.score, (int, float))),
                     key=lambda r: (-r.score, -(r.ncm if r.ncm is not None else float("-inf"))))
     rest = [r for r in results if not isinstance(r.score, (int, float))]
     width = min(60, max((len(r.path) for r in results), default=4))
-    print(f"{'rank':>4}  {'score':>6}  {'ncm':>6}  {'path':<{width}}  " + "".join(f"{n[:12]:<13}" for n in attribute_names) + "note")
+    print(f"{'rank':>4}  {'score':>6}  {'ncm':>6}  {'+-':>5}  {'path':<{width}}  "
+          + "".join(f"{n[:12]:<13}" for n in attribute_names) + "note")
     for rank, r in enumerate(scored, 1):
         ncm = f"{r.ncm:6.3f}" if r.ncm is not None else f"{'':>6}"
+        spread = f"{r.ncm_std:5.2f}" if r.ncm_std is not None else f"{'':>5}"
         note = "" if r.status == "ok" else r.status
         cells = "".join(f"{_attribute_cell(r, n):<13}" for n in attribute_names)
-        print(f"{rank:>4}  {r.score:6.2f}  {ncm}  {_shorten(r.path, width):<{width}}  {cells}{note}")
+        print(f"{rank:>4}  {r.score:6.2f}  {ncm}  {spread}  {_shorten(r.path, width):<{width}}  {cells}{note}")
     for r in rest:
         note = r.error or f"{r.status}: {r.text!r}"
-        print(f"{'-':>4}  {'-':>6}  {'':>6}  {_shorten(r.path, width):<{width}}  {note}")
+        print(f"{'-':>4}  {'-':>6}  {'':>6}  {'':>5}  {_shorten(r.path, width):<{width}}  {note}")
 
 
 def _attribute_cell(result, name: str) -> str:
