@@ -99,7 +99,7 @@ def test_usage_errors_are_one_line_and_exit_2(format_model_dir, tmp_path, capsys
     assert (
         main(["score", str(EXAMPLE_PHOTOS[0]), "--model", str(format_model_dir), "--out", str(tmp_path / "x.txt")]) == 2
     )
-    assert "must end in .csv or .jsonl" in capsys.readouterr().err
+    assert "must end in .csv, .jsonl or .parquet" in capsys.readouterr().err
 
 
 def test_default_model_is_the_bundled_demo_model(tmp_path, capsys):

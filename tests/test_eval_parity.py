@@ -19,14 +19,16 @@ from scipy import stats
 from realqa.cli import main
 from realqa.evaluation import (
     OfficialReading,
+    Prediction,
     evaluate_predictions,
     format_table,
     official_label,
     official_reading,
     official_value,
     read_labels,
+    read_predictions,
 )
-from realqa.results import Prediction, read_predictions
+from realqa.results import ScoreResult
 
 QUESTION = "<image>Can you evaluate the quality of the image from 1 to 5?"
 PROMPT = "system\nYou are a helpful assistant.\nuser\n" + QUESTION + "\nassistant\n"
@@ -254,7 +256,8 @@ def test_the_task_picks_the_labels_of_a_two_task_file(tmp_path):
     assert read_labels(labels, task="quality").attributes == {str(tmp_path / "x.jpg"): {"aesthetics": 7.0}}
     assert read_labels(labels, task="clarity").scores == {}
     with pytest.raises(ValueError, match="holds quality, aesthetics scores, not 'clarity'"):
-        evaluate_predictions([Prediction("x.jpg", 3.0, None, "ok")], read_labels(labels, task="clarity"))
+        evaluate_predictions([Prediction(ScoreResult("x.jpg", "quality", 3.0, None, "ok", ""))],
+                             read_labels(labels, task="clarity"))
 
 
 # ---------------------------------------------------------------- our own rows and attributes
@@ -273,7 +276,9 @@ def test_our_out_of_range_rows_are_counted_apart_for_score_and_ncm(tmp_path):
 
 
 def test_an_attribute_out_of_range_is_counted_apart():
-    predictions = [Prediction(f"{i}.jpg", 3.0 + i / 10, None, "ok", {"noise": value}, {"noise": status})
+    predictions = [Prediction(ScoreResult(f"{i}.jpg", "quality", 3.0 + i / 10, None, "ok", "",
+                                          attributes={"noise": {"value": value, "status": status, "text": ""}}),
+                              text_kept=False)
                    for i, (value, status) in enumerate([(2.0, "ok"), (None, "out_of_range"), (None, "no_score"),
                                                         (4.0, "ok"), (1.0, "ok")])]
     labels = read_labels_from({f"{i}.jpg": (3.0 + i / 10, 1.0 + i) for i in range(5)})
