@@ -114,7 +114,8 @@ def _attributes_of(row: dict) -> dict | None:
         # A Parquet struct has every attribute's field in every row: None where a row had no such entry.
         return {name: entry for name, entry in nested.items() if entry is not None} or None
     return {name: {"value": _value(row[name]), "status": row[name + ATTRIBUTE_STATUS_SUFFIX], "text": ""}
-            for name in _flat_attribute_names(row)} or None
+            for name in _flat_attribute_names(row)
+            if row[name + ATTRIBUTE_STATUS_SUFFIX] not in (None, "")} or None  # empty: the row has no such entry
 
 
 def _flat_attribute_names(row: dict) -> list[str]:
@@ -225,7 +226,9 @@ def csv_text(cell: str) -> str:
 
 
 def write_rows(results: Iterable[ScoreResult], path: str | Path) -> None:
-    with ResultWriter(path) as writer:
+    """Write a whole results file (every attribute the results carry gets its CSV columns)."""
+    results = list(results)
+    with ResultWriter(path, dict.fromkeys(name for r in results for name in (r.attributes or {}))) as writer:
         for result in results:
             writer.write(result)
 
