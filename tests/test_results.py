@@ -244,6 +244,12 @@ def test_a_parquet_run_from_the_command_line_resumes(tiny_model_dir, tmp_path, c
     assert rows[:3] == first and [r.path for r in rows] == images
     assert sum(r.status == "error" for r in rows) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["im", "s.parquet", "s.parquet.lock", "s.parquet.run.json"]
+    # Killed after the last row, before the Parquet file was written: the rerun scores nothing and writes it.
+    journal_path(out).write_text("".join(json.dumps(r.to_row()) + "\n" for r in rows), encoding="utf-8")
+    out.unlink()
+    assert main(["score", *images, "--model", str(tiny_model_dir), "--out", str(out), "--quiet"]) == 0
+    assert "5 of 5 inputs were already scored" in capsys.readouterr().err
+    assert read_results(out).results == rows and not journal_path(out).exists()
     copy = tmp_path / "copy.jsonl"
     assert main(["score", *images, "--model", str(tiny_model_dir), "--out", str(copy), "--quiet"]) == 0
     assert _close(read_results(copy).results, rows)

@@ -92,11 +92,10 @@ class ScoreResult:
         if path is None:
             raise ValueError(f"no 'path' (or '{PATH_ALIAS}') column; columns: {', '.join(row)}")
         score = _value(row.get("score"))
-        return cls(path=str(path), task=str(row.get("task") or ""), score=score,
-                   ncm=_number(row.get("ncm"), "ncm"), status=str(row.get("status") or ("ok" if score is not None else
-                                                                                       "no_score")),
-                   text=str(row.get("text") or ""), error=row.get("error") or None, attributes=_attributes_of(row),
-                   ncm_std=_number(row.get("ncm_std"), "ncm_std"))
+        status = row.get("status") or ("ok" if score is not None else "no_score")
+        return cls(path=str(path), task=str(row.get("task") or ""), score=score, ncm=_number(row.get("ncm"), "ncm"),
+                   status=str(status), text=str(row.get("text") or ""), error=row.get("error") or None,
+                   attributes=_attributes_of(row), ncm_std=_number(row.get("ncm_std"), "ncm_std"))
 
     def to_flat_row(self) -> dict:
         """One column per attribute value and one for its status, for CSV."""
@@ -564,6 +563,8 @@ class ResumableOutput:
                 raise ValueError(f"{self.path}: row {number} is {result.path!r} but input {number} is {expected!r}: "
                                  "the inputs changed since the file was written; pass --overwrite to start again, "
                                  "or write to another file")
+        if len(results) == len(inputs) and _is_parquet(self.path) and journal_path(self.path).exists():
+            _finish_parquet(self.path)  # killed after its last row but before writing the file: nothing else will
         return results
 
     def begin(self) -> None:
