@@ -11,9 +11,9 @@ from realqa.chat import COT_FORMS, cot_answer, read_cot_attributes
 from realqa.cli import main
 from realqa.data.manifest import read_manifest
 from realqa.engine import Question, _Answer
-from realqa.evaluation import evaluate_predictions, format_table, read_labels
+from realqa.evaluation import evaluate_predictions, format_table, read_labels, read_predictions
 from realqa.metrics import classification
-from realqa.results import ResultWriter, ScoreResult, read_predictions
+from realqa.results import ResultWriter, ScoreResult
 from realqa.tasks import CATEGORICAL, QUALITY, attribute_task, parse_choice
 from realqa.train import load_config, train
 from toy_data import write_attribute_toy_dataset

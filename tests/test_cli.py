@@ -18,6 +18,10 @@ def _rows(path: Path) -> list[dict]:
     if path.suffix == ".csv":
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -31,7 +35,7 @@ def _folder_with_bad_files(tmp_path: Path, photos) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_score_folder_writes_one_row_per_input_in_order(format_model_dir, tmp_path, capsys, suffix):
     folder = _folder_with_bad_files(tmp_path, EXAMPLE_PHOTOS)
     out = tmp_path / f"scores{suffix}"
@@ -101,7 +105,7 @@ def test_usage_errors_are_one_line_and_exit_2(format_model_dir, tmp_path, capsys
     assert (
         main(["score", str(EXAMPLE_PHOTOS[0]), "--model", str(format_model_dir), "--out", str(tmp_path / "x.txt")]) == 2
     )
-    assert "must end in .csv or .jsonl" in capsys.readouterr().err
+    assert "must end in .csv, .jsonl or .parquet" in capsys.readouterr().err
 
 
 def test_default_model_is_the_bundled_demo_model(tmp_path, capsys):

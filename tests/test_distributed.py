@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT
 from realqa.cli import main
+from realqa.results import journal_path, read_results
 from test_resume import write_images
 
 pytestmark = pytest.mark.slow  # torchrun processes
@@ -77,6 +78,21 @@ def test_one_process_finishes_a_killed_distributed_run(reference, tmp_path, caps
     _same(got, want, skip={6})
     assert got[6]["text"] == "planted"
     assert not list(tmp_path.glob("again.jsonl.part-*"))
+
+
+def test_one_process_finishes_a_killed_distributed_run_into_parquet(reference, tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    args, one, want = reference
+    out = tmp_path / "again.parquet"
+    _killed_run(one, journal_path(out), want)  # a Parquet file's merged rows wait in its journal
+    journal_path(out).with_name(journal_path(out).name + ".run.json").rename(out.with_name(out.name + ".run.json"))
+    journal_path(out).with_name(journal_path(out).name + ".part-1.jsonl").rename(out.with_name(out.name + ".part-1.jsonl"))
+    assert main([*args, "--out", str(out)]) == 0
+    assert f"4 of {len(want)} inputs were already scored" in capsys.readouterr().err
+    got = [result.to_row() for result in read_results(out).results]
+    _same(got, want, skip={6})
+    assert got[6]["text"] == "planted"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.parquet", "again.parquet.lock", "again.parquet.run.json"]
 
 
 def test_parts_of_other_inputs_are_refused(reference, tmp_path, capsys):

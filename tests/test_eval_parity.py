@@ -19,14 +19,16 @@ from scipy import stats
 from realqa.cli import main
 from realqa.evaluation import (
     OfficialReading,
+    Prediction,
     evaluate_predictions,
     format_table,
     official_label,
     official_reading,
     official_value,
     read_labels,
+    read_predictions,
 )
-from realqa.results import Prediction, read_predictions
+from realqa.results import ScoreResult
 
 QUESTION = "<image>Can you evaluate the quality of the image from 1 to 5?"
 PROMPT = "system\nYou are a helpful assistant.\nuser\n" + QUESTION + "\nassistant\n"
@@ -254,7 +256,63 @@ def test_the_task_picks_the_labels_of_a_two_task_file(tmp_path):
     assert read_labels(labels, task="quality").attributes == {str(tmp_path / "x.jpg"): {"aesthetics": 7.0}}
     assert read_labels(labels, task="clarity").scores == {}
     with pytest.raises(ValueError, match="holds quality, aesthetics scores, not 'clarity'"):
-        evaluate_predictions([Prediction("x.jpg", 3.0, None, "ok")], read_labels(labels, task="clarity"))
+        evaluate_predictions([Prediction(ScoreResult("x.jpg", "quality", 3.0, None, "ok", ""))],
+                             read_labels(labels, task="clarity"))
+
+
+# ---------------------------------------------------------------- --labels: tables of every format
+
+
+def _write_table(path: Path, rows: list[dict]) -> Path:
+    """``rows`` as the file type its suffix names."""
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(rows), encoding="utf-8")
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    else:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t" if path.suffix == ".tsv" else ",")
+            writer.writeheader()
+            writer.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl", ".parquet"])
+def test_a_labels_table_reads_alike_in_every_format(tmp_path, suffix):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    rows = [{"image": "a.jpg", "mos": 3.5, "exposure": "dark"}, {"image": "b.jpg", "mos": 2.0, "exposure": ""}]
+    labels = read_labels(_write_table(tmp_path / f"labels{suffix}", rows))
+    assert labels.scores == {"a.jpg": 3.5, "b.jpg": 2.0}
+    assert labels.attributes == {"a.jpg": {"exposure": "dark"}, "b.jpg": {}}
+    assert read_labels(tmp_path / f"labels{suffix}", "mos").scores == labels.scores
+
+
+def test_a_labels_table_with_a_bad_row_is_refused_naming_it(tmp_path):
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffimage,mos\na.jpg,3\n".encode())  # saved by a spreadsheet program
+    assert read_labels(bom).scores == {"a.jpg": 3.0}
+    short = tmp_path / "short.csv"
+    short.write_text("image,mos\na.jpg,3\nb.jpg\nc.jpg,1\n")
+    with pytest.raises(ValueError, match=r"short.csv: line 3: row has 1 fields; the header has 2"):
+        read_labels(short)
+    word = tmp_path / "word.csv"
+    word.write_text("image,mos\na.jpg,3\nb.jpg,good\n")
+    with pytest.raises(ValueError, match=r"word.csv: line 3: column 'mos': 'good' is not a number"):
+        read_labels(word)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"image": "a.jpg", "mos": 3}\n{"image": "b.jpg", "mos"\n')
+    with pytest.raises(ValueError, match=r"broken.jsonl: line 2: invalid JSON"):
+        read_labels(broken)
+    other = tmp_path / "other.csv"
+    other.write_text("name,value\na.jpg,3\n")
+    with pytest.raises(ValueError, match=r"need an image column .* found name, value"):
+        read_labels(other)
 
 
 # ---------------------------------------------------------------- our own rows and attributes
@@ -273,7 +331,9 @@ def test_our_out_of_range_rows_are_counted_apart_for_score_and_ncm(tmp_path):
 
 
 def test_an_attribute_out_of_range_is_counted_apart():
-    predictions = [Prediction(f"{i}.jpg", 3.0 + i / 10, None, "ok", {"noise": value}, {"noise": status})
+    predictions = [Prediction(ScoreResult(f"{i}.jpg", "quality", 3.0 + i / 10, None, "ok", "",
+                                          attributes={"noise": {"value": value, "status": status, "text": ""}}),
+                              text_kept=False)
                    for i, (value, status) in enumerate([(2.0, "ok"), (None, "out_of_range"), (None, "no_score"),
                                                         (4.0, "ok"), (1.0, "ok")])]
     labels = read_labels_from({f"{i}.jpg": (3.0 + i / 10, 1.0 + i) for i in range(5)})

@@ -15,8 +15,9 @@ from PIL import Image
 
 from conftest import SMALL_PIXELS
 from realqa.cli import main as cli
+from realqa.evaluation import read_predictions
 from realqa.model import build_tiny_model
-from realqa.results import ResumableOutput, read_complete_rows, read_predictions
+from realqa.results import ResumableOutput, read_complete_rows
 
 PIXELS = ["--min-pixels", str(SMALL_PIXELS["min_pixels"]), "--max-pixels", str(SMALL_PIXELS["max_pixels"])]
 

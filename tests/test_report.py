@@ -18,6 +18,7 @@ from PIL import Image
 from realqa.cli.app import add_commands
 from realqa.metrics import evaluate
 from realqa.report import build_report
+from realqa.results import ScoreResult, write_rows
 
 pytest.importorskip("matplotlib")  # the 'report' extra: every report draws its plots
 
@@ -99,6 +100,32 @@ def test_attributes_are_columns_nested_or_flat(tmp_path):
     assert "<th>clarity</th><th>exposure</th>" in nested_page and "<td>good</td>" in nested_page
     assert "<td>(no_value)</td>" in nested_page
     assert "<th>clarity</th><th>status</th>" in flat_page and "<td>poor</td>" in flat_page
+
+
+def test_ncm_std_is_a_column_when_the_file_has_one(tmp_path):
+    pytest.importorskip("pyarrow")
+    rows = [ScoreResult("a.png", "quality", 3.1, 3.05, "ok", "3.10.", ncm_std=0.123),
+            ScoreResult("b.png", "quality", 2.0, 2.1, "ok", "2.00.", ncm_std=0.456)]
+    write_rows(rows, tmp_path / "s.parquet")
+    page = build_report(tmp_path / "s.parquet", tmp_path / "r.html").html.read_text(encoding="utf-8")
+    assert "<th>NCM</th><th>NCM std</th>" in page
+    assert '<td class="num">3.050</td><td class="num">0.123</td>' in page
+    assert ranking_names(page) == ["a.png", "b.png"]
+    (tmp_path / "old.csv").write_text("path,task,score,ncm,status,text,error\na.png,quality,3.1,3.05,ok,3.10.,\n",
+                                      encoding="utf-8")  # written before ncm_std existed
+    page = build_report(tmp_path / "old.csv", tmp_path / "old.html").html.read_text(encoding="utf-8")
+    assert "NCM std" not in page and ranking_names(page) == ["a.png"]
+
+
+def test_bench_predictions_report_with_their_own_labels(tmp_path):
+    path = tmp_path / "koniq10k.predictions.csv"
+    path.write_text("id,image,label,label_native,score,score_native,ncm,status,text,error\n"
+                    "0,a.jpg,3.5,62.5,3.47,61.75,3.45,ok,3.47.,\n1,b.jpg,2.0,25.0,2.10,27.5,2.12,ok,2.10.,\n"
+                    "2,c.jpg,4.0,75.0,4.40,85.0,4.38,ok,4.40.,\n", encoding="utf-8")
+    files = build_report(path, tmp_path / "r.html")
+    assert files.evaluation is not None and files.evaluation.n_evaluated == 3
+    assert files.evaluation.srcc == pytest.approx(1.0)
+    assert ranking_names(files.html.read_text(encoding="utf-8")) == ["c.jpg", "a.jpg", "b.jpg"]
 
 
 def test_report_command_with_a_labels_file(scores_csv, tmp_path, monkeypatch, capsys):

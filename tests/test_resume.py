@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import ROOT
 from realqa.cli import main
-from realqa.results import ResultWriter, ResumableOutput, ScoreResult, read_complete_rows
+from realqa.results import ResultWriter, ResumableOutput, ScoreResult, journal_path, read_complete_rows
 
 SETTINGS = {"model": "m", "task": "quality"}
 
@@ -24,6 +24,10 @@ def _rows(path: Path) -> list[dict]:
     if path.suffix == ".csv":
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -135,7 +139,7 @@ def test_cli_resume_refusal_and_overwrite(tiny_model_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow  # a scoring process, killed and run again
-@pytest.mark.parametrize("suffix", [".csv"])
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_kill_9_then_rerun_gives_every_input_once(tiny_model_dir, tmp_path, suffix):
     images = write_images(tmp_path / "images", 40)
     args = ["score", str(tmp_path / "images"), "--model", str(tiny_model_dir), "--batch-size", "2", "--quiet"]
@@ -147,10 +151,11 @@ def test_kill_9_then_rerun_gives_every_input_once(tiny_model_dir, tmp_path, suff
            "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "realqa.cli", *args, "--out", str(out)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rows_file = journal_path(out) if suffix == ".parquet" else out  # a Parquet file's rows stream to its journal
     deadline = time.monotonic() + 240
     killed_at = None
     while time.monotonic() < deadline and process.poll() is None:
-        if out.is_file() and out.read_bytes().count(b"\n") >= 6:  # header + some rows
+        if rows_file.is_file() and rows_file.read_bytes().count(b"\n") >= 6:  # (CSV: header +) some rows
             process.send_signal(signal.SIGKILL)
             process.wait()
             killed_at = len(read_complete_rows(out))
@@ -158,11 +163,14 @@ def test_kill_9_then_rerun_gives_every_input_once(tiny_model_dir, tmp_path, suff
         time.sleep(0.01)
     assert killed_at is not None, f"the run ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
     assert 0 < killed_at < len(images)
+    if suffix == ".parquet":
+        assert not out.exists()  # killed before the end: no Parquet file yet, only the journal
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{killed_at} of {len(images)} inputs were already scored" in resumed.stderr
     got, want = _rows(out), _rows(reference)
+    assert not journal_path(out).exists()
     assert [r["path"] for r in got] == images  # every input exactly once, in input order
     assert sum(r["status"] == "error" for r in got) == 1
     for a, b in zip(got, want):

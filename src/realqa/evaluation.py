@@ -1,7 +1,9 @@
 """Predictions against labels: the overall score and every attribute, one table row each.
 
-Labels come from a CSV/JSONL table (an image column, a label column, and optionally one column
-per attribute), from a realqa manifest (scores and attributes of each sample), or from a
+Predictions are realqa results files (read by :func:`realqa.results.read_results`) or
+LLaMA-Factory's ``generated_predictions.jsonl``. Labels come from a table (CSV, TSV, JSON, JSONL
+or Parquet, read by :mod:`realqa.data.tables`: an image column, a label column, and optionally one
+column per attribute), from a realqa manifest (scores and attributes of each sample), or from a
 LLaMA-Factory conversation file (the scores its assistant answers state). Rows match by path,
 then by file name; LLaMA-Factory's ``generated_predictions.jsonl`` rows, which name no image, match
 the conversation file they were generated from by order. Failed predictions are counted in every
@@ -14,8 +16,6 @@ the two can be set next to the paper's numbers.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import warnings
@@ -26,8 +26,9 @@ from typing import NamedTuple, Sequence
 from scipy import stats
 
 from .metrics import classification, evaluate, srcc
-from .numeric import PARSE_OUT_OF_RANGE, parse_score
-from .results import SOURCE_LLAMAFACTORY, Prediction
+from .numeric import PARSE_OK, PARSE_OUT_OF_RANGE, ScoreFormat, parse_score
+from .results import ScoreResult, read_rows, results_of
+from .tasks import DEFAULT_TASKS
 
 KEY_COLUMNS = ("path", "image", "image_name", "img_name", "image_id")
 LABEL_COLUMNS = ("mos", "MOS", "score", "label")
@@ -88,7 +89,7 @@ class TargetRow:
 
 def read_labels(path: str | Path, column: str | None = None, task: str = "quality",
                 media_dir: str | Path | None = None) -> Labels:
-    """Labels from a manifest, a LLaMA-Factory conversation file, or a CSV/JSONL table."""
+    """Labels from a manifest, a LLaMA-Factory conversation file, or a table (CSV, TSV, JSON, JSONL, Parquet)."""
     from .conversations import is_conversation_file
 
     path = Path(path)
@@ -96,23 +97,39 @@ def read_labels(path: str | Path, column: str | None = None, task: str = "qualit
         return _manifest_labels(path, task)
     if is_conversation_file(path):
         return _conversation_labels(path, task, media_dir)
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f)) if path.suffix.lower() == ".csv" else [json.loads(line) for line in f if line.strip()]
-    if not rows:
+    return _table_labels(path, column)
+
+
+def _table_labels(path: Path, column: str | None) -> Labels:
+    """An image column, a label column (``column``, else the first of :data:`LABEL_COLUMNS`), the rest attributes.
+
+    A row the table reader cannot take (wrong number of fields, not a JSON object) is an error
+    naming it: a labels file with a row missing would shift no metric visibly, only silently.
+    """
+    from .data.problems import ValidationReport
+    from .data.tables import read_any
+
+    report = ValidationReport(dataset=str(path))
+    table = read_any(path, report)
+    if report.problems:
+        more = f" (and {len(report.problems) - 1} more such rows)" if len(report.problems) > 1 else ""
+        raise ValueError(f"{report.problems[0]}{more}")
+    if not table.rows:
         raise ValueError(f"{path}: no rows")
-    key = next((c for c in KEY_COLUMNS if c in rows[0]), None)
-    value = column or next((c for c in LABEL_COLUMNS if c in rows[0]), None)
-    if key is None or value is None or value not in rows[0]:
+    key = next((c for c in KEY_COLUMNS if c in table.columns), None)
+    value = column or next((c for c in LABEL_COLUMNS if c in table.columns), None)
+    if key is None or value is None or value not in table.columns:
         raise ValueError(f"{path}: need an image column ({', '.join(KEY_COLUMNS)}) and a label column "
-                         f"({column or ', '.join(LABEL_COLUMNS)}); found {', '.join(rows[0])}")
+                         f"({column or ', '.join(LABEL_COLUMNS)}); found {', '.join(table.columns)}")
     scores, attributes = {}, {}
-    others = [c for c in rows[0] if c not in (key, value)]
-    for i, row in enumerate(rows, 1):
+    others = [c for c in table.columns if c not in (key, value)]
+    for row in table.rows:
         try:
-            scores[str(row[key])] = float(row[value])
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: row {i}: label {row[value]!r} is not a number") from None
-        attributes[str(row[key])] = {c: row[c] for c in others if row[c] not in (None, "")}
+            image, label = row.text(key), row.number(value)
+        except ValueError as err:
+            raise ValueError(f"{row.where()}: {err}") from None
+        scores[image] = label
+        attributes[image] = {c: row.get(c) for c in others if row.get(c) not in (None, "")}
     return Labels(scores, attributes, source=str(path))
 
 
@@ -164,6 +181,153 @@ def _conversation_labels(path: Path, task: str, media_dir) -> Labels:
         if len(keys) == 1:  # a file name two images share matches neither
             aliases.setdefault(name, next(iter(keys)))
     return Labels(scores, attributes, tuple(records), aliases, frozenset(ambiguous), str(path), note)
+
+
+# ---------------------------------------------------------------- predictions
+
+SOURCE_REALQA, SOURCE_LLAMAFACTORY = "realqa", "llamafactory"
+FILE_LABEL_COLUMNS = ("label", "mos")  # a results file's own label column (bench prediction files have one)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One evaluable row: a :class:`~realqa.results.ScoreResult` read back, as evaluation sees it.
+
+    ``pred`` is the value evaluated (``field`` of the result: ``score``, or ``ncm``): None when the
+    answer held no score, the input failed, or the value lies outside the task's range (status
+    ``out_of_range``; ``read`` keeps the number so it can be reported, but it is never scored).
+    ``label`` is the row's own label (a bench prediction file's ``label`` column, a LLaMA-Factory
+    row's label answer) and ``label_text`` a LLaMA-Factory row's label answer, for the official
+    reading. ``text`` is None when the file keeps no answer texts (``text_kept``). LLaMA-Factory rows
+    (``source``) carry no image: their ``key`` is their 0-based row number.
+    """
+
+    result: ScoreResult
+    label: float | None = None
+    field: str = "score"
+    label_text: str | None = None
+    text_kept: bool = True
+    source: str = SOURCE_REALQA
+
+    @property
+    def key(self) -> str:
+        return self.result.path
+
+    @property
+    def status(self) -> str:
+        return self.result.status
+
+    @property
+    def read(self) -> float | None:
+        value = getattr(self.result, self.field)
+        return value if isinstance(value, (int, float)) else None
+
+    @property
+    def pred(self) -> float | None:
+        return None if self.status == PARSE_OUT_OF_RANGE else self.read
+
+    @property
+    def text(self) -> str | None:
+        return self.result.text if self.text_kept else None
+
+    @property
+    def attributes(self) -> dict:
+        """Attribute name -> predicted value; None where its status is not ``ok``."""
+        return {name: entry.get("value") if entry.get("status") == PARSE_OK else None
+                for name, entry in (self.result.attributes or {}).items()}
+
+    @property
+    def attribute_status(self) -> dict:
+        return {name: entry.get("status") for name, entry in (self.result.attributes or {}).items()}
+
+
+def read_predictions(path: str | Path, *, fmt: ScoreFormat | None = None, field: str = "score",
+                     task: str | None = None) -> list[Prediction]:
+    """Our results files (:func:`realqa.results.read_results`) or LLaMA-Factory's ``generated_predictions.jsonl``.
+
+    LLaMA-Factory rows (``predict``/``label`` answer texts) are parsed with the official answer
+    forms; a ``predict`` that does not parse is kept as a failed row, never dropped. Their range is
+    the row's own (the label answer and the prompt's "from X to Y", read as
+    :func:`realqa.conversations.read_answer` reads a conversation), else ``fmt``'s, else ``task``'s
+    default: LLaMA-Factory checks nothing, and one answer of 33333333 on a 1-5 scale would
+    otherwise swamp the RMSE. Our rows keep the status scoring gave them.
+    ``field`` picks the value column of our files: ``score`` (greedy) or ``ncm``; an out-of-range
+    row is left out of either.
+    """
+    path = Path(path)
+    rows = read_rows(path, "refuse")
+    if rows and "predict" in rows[0]:
+        fallback = _fallback_range(fmt, task)
+        return [_llamafactory_row(i, row, fallback, path) for i, row in enumerate(rows)]
+    if field not in ("score", "ncm"):
+        raise ValueError(f"cannot evaluate {field!r}: the value evaluated is 'score' or 'ncm'")
+    stored = results_of(path, rows)
+    if rows and field not in stored.columns:
+        raise ValueError(f"{path} has no {field!r} column (columns: {', '.join(stored.columns)})")
+    predictions = []
+    for number, (result, others) in enumerate(zip(stored.results, stored.others), 1):
+        value = getattr(result, field)
+        if isinstance(value, str):
+            raise ValueError(f"{path}: row {number}: the {field} {value!r} is a word, not a number; "
+                             "a categorical task's answers cannot be evaluated as scores")
+        try:
+            label = file_label(others)
+        except ValueError as err:
+            raise ValueError(f"{path}: row {number}: {err}") from None
+        predictions.append(Prediction(result, label, field, text_kept="text" in stored.columns))
+    return predictions
+
+
+def file_label(others: dict) -> float | None:
+    """A results row's own label (:data:`FILE_LABEL_COLUMNS`, given by bench prediction files), from the
+    row's other columns (:func:`realqa.results.other_columns`); None when it has none."""
+    value = next((others[c] for c in FILE_LABEL_COLUMNS if c in others), None)
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"its label {value!r} is not a number") from None
+    return number if math.isfinite(number) else None
+
+
+def _fallback_range(fmt: ScoreFormat | None, task: str | None) -> tuple[float, float] | None:
+    if fmt is not None:
+        return fmt.low, fmt.high
+    spec = DEFAULT_TASKS.get(task) if task else None
+    return (spec.low, spec.high) if spec is not None and spec.is_score else None
+
+
+def _row_range(prompt: str, label_text: str, fallback: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The range a LLaMA-Factory row states (its label answer's task, its prompt's "from X to Y"), else ``fallback``."""
+    from .conversations import ConversationError, read_answer
+    from .tasks import SCORE
+
+    if label_text:
+        try:
+            answer = read_answer(prompt, label_text)
+        except ConversationError:
+            return fallback
+        if answer["kind"] == SCORE:
+            return answer["low"], answer["high"]
+    return fallback
+
+
+def _llamafactory_row(i: int, row: dict, fallback: tuple[float, float] | None, path: Path) -> Prediction:
+    """One row of LLaMA-Factory's ``generated_predictions.jsonl`` (not a realqa results file: answer texts only)."""
+    predict = str(row["predict"])
+    label_text = row.get("label")
+    label_text = None if label_text in (None, "") else str(label_text)
+    label = parse_score(label_text).value if label_text is not None else None
+    if label_text is not None and label is None:
+        raise ValueError(f"{path}: row {i + 1}: the label {label_text!r} holds no score")
+    predicted = parse_score(predict)
+    status = predicted.status
+    bounds = _row_range(str(row.get("prompt") or ""), label_text or "", fallback)
+    if predicted.value is not None and bounds is not None and not bounds[0] <= predicted.value <= bounds[1]:
+        status = PARSE_OUT_OF_RANGE
+    result = ScoreResult(str(i), "", predicted.value, None, status, predict)
+    return Prediction(result, label, label_text=label_text, source=SOURCE_LLAMAFACTORY)
 
 
 # ---------------------------------------------------------------- evaluation

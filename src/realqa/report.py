@@ -13,33 +13,58 @@ import io
 import math
 import os
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from PIL import Image
 
+from .evaluation import file_label
 from .media import DEFAULT_MAX_IMAGE_PIXELS, load_image
 from .metrics import Evaluation, evaluate
-from .results import ATTRIBUTE_STATUS_SUFFIX, _read_rows
+from .results import ScoreResult, read_results
 
-# Columns of our result rows and of bench prediction files; any other column is an attribute.
-KNOWN_COLUMNS = frozenset({"path", "image", "id", "task", "score", "ncm", "ncm_std", "status", "text", "error", "label", "mos",
-                           "label_native", "score_native", "attributes"})
 DEFAULT_THUMB_SIZE = 160
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
-    """One row of a scores file, as the report shows it."""
+    """One row of a scores file, as the report shows it: a :class:`~realqa.results.ScoreResult` and its label."""
 
-    name: str
-    score: float | None
-    ncm: float | None
-    status: str
-    note: str  # why there is no score, or what the model wrote when it is not "ok"
+    result: ScoreResult
     label: float | None = None
-    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.result.path
+
+    @property
+    def score(self) -> float | None:
+        """The score when it is a number (a categorical task's word is not ranked)."""
+        return _finite(self.result.score)
+
+    @property
+    def ncm(self) -> float | None:
+        return self.result.ncm
+
+    @property
+    def ncm_std(self) -> float | None:
+        return self.result.ncm_std
+
+    @property
+    def status(self) -> str:
+        return self.result.status
+
+    @property
+    def note(self) -> str:
+        """Why there is no score, or what the model wrote when it is not "ok"."""
+        return self.result.error or (self.result.text if self.status != "ok" else "")
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        """Attribute values as shown, flagged with their status when it is not ok."""
+        return {name: _flagged(entry.get("value"), entry.get("status"))
+                for name, entry in (self.result.attributes or {}).items()}
 
 
 @dataclass(frozen=True)
@@ -51,45 +76,30 @@ class ReportFiles:
 
 
 def read_entries(path: str | os.PathLike, labels: Mapping[str, float] | None = None) -> list[Entry]:
-    """The rows of our CSV/JSONL results (or bench predictions); ``labels`` by path, then file name."""
-    rows = list(_read_rows(Path(path)))
-    if not rows:
+    """The rows of our results (CSV/JSONL/Parquet) or bench predictions; ``labels`` by path, then file name,
+    else the file's own ``label`` (or ``mos``) column."""
+    stored = read_results(path)
+    if not stored.results:
         raise ValueError(f"{path}: no rows")
-    if not any(key in rows[0] for key in ("path", "image")) or "score" not in rows[0]:
-        raise ValueError(f"{path}: not a scores file (needs 'path' or 'image' and 'score'; has {', '.join(rows[0])})")
     entries = []
-    for row in rows:
-        name = str(row.get("path") or row.get("image") or "")
-        score, ncm = _number(row.get("score")), _number(row.get("ncm"))
-        status = str(row.get("status") or ("ok" if score is not None else "no_score"))
-        note = str(row.get("error") or "") or (str(row.get("text") or "") if status != "ok" else "")
-        label = _number(row.get("label", row.get("mos")))
+    for number, (result, others) in enumerate(zip(stored.results, stored.others), 1):
         if labels is not None:
-            label = labels.get(name, labels.get(Path(name).name))
-        entries.append(Entry(name, score, ncm, status, note, label, _attributes(row)))
+            label = labels.get(result.path, labels.get(Path(result.path).name))
+        else:
+            try:
+                label = file_label(others)
+            except ValueError as err:
+                raise ValueError(f"{path}: row {number}: {err}") from None
+        entries.append(Entry(result, label))
     return entries
 
 
-def _number(value) -> float | None:
+def _finite(value) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _attributes(row: dict) -> dict[str, str]:
-    """Attribute values: nested (JSONL ``attributes``) or one column each (CSV), flagged when not ok."""
-    nested = row.get("attributes")
-    if isinstance(nested, dict):
-        return {name: _flagged(entry.get("value"), entry.get("status")) if isinstance(entry, dict) else str(entry)
-                for name, entry in nested.items()}
-    flat = {}
-    for column, value in row.items():
-        if column in KNOWN_COLUMNS or column.endswith(ATTRIBUTE_STATUS_SUFFIX):
-            continue
-        flat[column] = _flagged(value, row.get(column + ATTRIBUTE_STATUS_SUFFIX))
-    return flat
 
 
 def _flagged(value, status) -> str:
@@ -259,7 +269,9 @@ def _page(title, source: Path, entries, evaluation, plots, roots, thumb_size, ma
                     ("PLCC", _fmt(evaluation.plcc)), ("KRCC", _fmt(evaluation.krcc)), ("RMSE", _fmt(evaluation.rmse))]
     attributes = list(dict.fromkeys(name for x in entries for name in x.attributes))
     with_labels = evaluation is not None
-    head = ["rank", "preview", "image", "score", "NCM"] + (["label"] if with_labels else []) + attributes + ["status", "note"]
+    with_std = any(x.ncm_std is not None for x in entries)  # files written before ncm_std existed have none
+    head = (["rank", "preview", "image", "score", "NCM"] + (["NCM std"] if with_std else []) + (["label"] if with_labels else [])
+            + attributes + ["status", "note"])
     rows = []
     for position, entry in enumerate(entries):
         ranked = entry.score is not None
@@ -272,6 +284,8 @@ def _page(title, source: Path, entries, evaluation, plots, roots, thumb_size, ma
         cells = [f'<td class="num">{position + 1 if ranked else "–"}</td>', f"<td>{preview}</td>",
                  f'<td class="name">{e(entry.name)}</td>', f'<td class="num">{_fmt(entry.score, 3)}</td>',
                  f'<td class="num">{_fmt(entry.ncm, 3)}</td>']
+        if with_std:
+            cells.append(f'<td class="num">{_fmt(entry.ncm_std, 3)}</td>')
         if with_labels:
             cells.append(f'<td class="num">{_fmt(entry.label, 3)}</td>')
         cells += [f"<td>{e(entry.attributes.get(name, ''))}</td>" for name in attributes]

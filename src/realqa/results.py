@@ -1,6 +1,20 @@
 """Result rows: what scoring returns, and how rows are written and read back.
 
-One row per input, in input order; an input that failed is a row with ``error`` set.
+One row per input, in input order; an input that failed is a row with ``error`` set. A row is
+:data:`ROW_FIELDS` plus the attributes asked, if any. A results file is ``.csv`` (attributes flat:
+a column for each value and one for its status), ``.jsonl`` or ``.parquet`` (attributes nested
+under ``attributes``, as :meth:`ScoreResult.to_row` gives them). :func:`read_results` is the one
+reader of such files: resume, ``realqa eval``, ``realqa report`` and the torchrun part files all
+read through it; it also reads bench prediction files (``image`` for ``path``; ``label`` and the
+like come back as the row's other columns).
+
+Parquet: a Parquet file cannot be appended row by row, and a killed writer leaves no footer. So
+the rows of ``FILE.parquet`` stream to its journal ``FILE.parquet.rows.jsonl`` (JSONL, one flushed
+row at a time, torn-row rules as for JSONL), and when the writer closes ``FILE.parquet`` is written
+whole from the journal (a temporary file, then ``os.replace``) and the journal removed. Appending
+to a finished file first copies its rows into a new journal, so while a journal exists it holds
+every row: the rows of ``FILE.parquet`` are its journal's when there is one, else the Parquet
+file's. A ``kill -9`` at any moment therefore loses at most the row being written.
 """
 
 from __future__ import annotations
@@ -11,12 +25,11 @@ import io
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Sequence
+from typing import IO, Iterable, NamedTuple, Sequence
 
-from .numeric import PARSE_OK, PARSE_OUT_OF_RANGE, ScoreFormat, parse_score
-from .tasks import DEFAULT_TASKS
+from .compat import require
 
 STATUS_ERROR = "error"
 # A CSV cell starting with one of these is read as a formula by spreadsheet programs (CSV injection):
@@ -24,6 +37,10 @@ STATUS_ERROR = "error"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 ROW_FIELDS = ("path", "task", "score", "ncm", "ncm_std", "status", "text", "error")
 ATTRIBUTE_STATUS_SUFFIX = "_status"
+SUFFIXES = (".csv", ".jsonl", ".parquet")
+JOURNAL_SUFFIX = ".rows.jsonl"  # FILE.parquet's rows while a run writes it
+# Bench prediction files name the input ``image``; every other reader of result rows says ``path``.
+PATH_ALIAS = "image"
 
 
 @dataclass(frozen=True)
@@ -66,17 +83,19 @@ class ScoreResult:
 
     @classmethod
     def from_row(cls, row: dict) -> "ScoreResult":
-        """The result a written row holds: a JSONL row as written, or a CSV row (strings; an
-        attribute's text is not kept in CSV)."""
-        attributes = row.get("attributes")
-        if attributes is None:
-            names = [c[: -len(ATTRIBUTE_STATUS_SUFFIX)] for c in row if c.endswith(ATTRIBUTE_STATUS_SUFFIX)]
-            attributes = {n: {"value": _value(row.get(n)), "status": row[n + ATTRIBUTE_STATUS_SUFFIX], "text": ""}
-                          for n in names if n in row} or None
-        return cls(path=str(row["path"]), task=str(row["task"]), score=_value(row.get("score")),
-                   ncm=_number(row.get("ncm")), status=str(row["status"]), text=row.get("text") or "",
-                   error=row.get("error") or None, attributes=attributes,
-                   ncm_std=_number(row.get("ncm_std")))
+        """The result a row holds: as :meth:`to_row` wrote it (JSONL, Parquet), or a CSV row (strings;
+        an attribute's text is not kept in CSV). Columns a file may lack: ``task`` (empty), ``ncm``
+        and ``ncm_std`` (None; files written before ``ncm_std`` existed) and ``status`` (``ok`` when
+        there is a score, else ``no_score``); ``image`` stands for ``path`` (bench prediction files).
+        Columns outside a result row are :func:`other_columns`."""
+        path = row.get("path", row.get(PATH_ALIAS))
+        if path is None:
+            raise ValueError(f"no 'path' (or '{PATH_ALIAS}') column; columns: {', '.join(row)}")
+        score = _value(row.get("score"))
+        status = row.get("status") or ("ok" if score is not None else "no_score")
+        return cls(path=str(path), task=str(row.get("task") or ""), score=score, ncm=_number(row.get("ncm"), "ncm"),
+                   status=str(status), text=str(row.get("text") or ""), error=row.get("error") or None,
+                   attributes=_attributes_of(row), ncm_std=_number(row.get("ncm_std"), "ncm_std"))
 
     def to_flat_row(self) -> dict:
         """One column per attribute value and one for its status, for CSV."""
@@ -87,41 +106,105 @@ class ScoreResult:
         return row
 
 
-class ResultWriter:
-    """Streams rows to a .csv or .jsonl file as they arrive, each row flushed as it is written.
+def _attributes_of(row: dict) -> dict | None:
+    """Nested (``attributes``, as JSONL and Parquet keep them) or ``name``/``name_status`` columns (CSV)."""
+    nested = row.get("attributes")
+    if isinstance(nested, dict):
+        # A Parquet struct has every attribute's field in every row: None where a row had no such entry.
+        return {name: entry for name, entry in nested.items() if entry is not None} or None
+    return {name: {"value": _value(row[name]), "status": row[name + ATTRIBUTE_STATUS_SUFFIX], "text": ""}
+            for name in _flat_attribute_names(row)
+            if row[name + ATTRIBUTE_STATUS_SUFFIX] not in (None, "")} or None  # empty: the row has no such entry
 
-    CSV files get a column per name in ``attributes`` (and its status); JSONL rows nest them.
-    ``append=True`` continues an existing file (see :class:`ResumableOutput`); a CSV file's header
-    must then name the same columns.
+
+def _flat_attribute_names(row: dict) -> list[str]:
+    return [c[: -len(ATTRIBUTE_STATUS_SUFFIX)] for c in row
+            if c.endswith(ATTRIBUTE_STATUS_SUFFIX) and c[: -len(ATTRIBUTE_STATUS_SUFFIX)] in row]
+
+
+def other_columns(row: dict) -> dict:
+    """The columns of a row that are not part of a result row: a bench prediction file's ``label``,
+    ``id``..., a torchrun part file's ``index``."""
+    taken = {*ROW_FIELDS, "attributes"}
+    if "path" not in row:
+        taken.add(PATH_ALIAS)
+    if not isinstance(row.get("attributes"), dict):
+        taken.update(c for name in _flat_attribute_names(row) for c in (name, name + ATTRIBUTE_STATUS_SUFFIX))
+    return {key: value for key, value in row.items() if key not in taken}
+
+
+def _value(value) -> float | str | None:
+    """A score cell: a number, a categorical answer (a word), or empty."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _number(value, column: str) -> float | None:
+    """A number cell; a non-finite one reads as None (no number)."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{column} {value!r} is not a number") from None
+    return number if math.isfinite(number) else None
+
+
+# ---------------------------------------------------------------- writing
+
+
+class ResultWriter:
+    """Streams rows to a .csv, .jsonl or .parquet file as they arrive, each row flushed as it is written.
+
+    CSV files get a column per name in ``attributes`` (and its status); JSONL and Parquet rows nest
+    them. ``append=True`` continues an existing file (see :class:`ResumableOutput`); a CSV file's
+    header must then name the same columns. A Parquet file's rows go to its journal and the file is
+    written when the writer closes (see the module's notes).
     """
 
     def __init__(self, path: str | Path, attributes: Iterable[str] = (), *, append: bool = False):
         self.path = Path(path)
         _check_suffix(self.path)
-        self._jsonl = self.path.suffix.lower() == ".jsonl"
+        self._parquet = _is_parquet(self.path)
+        self._csv = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = self.path
+        if self._parquet:
+            file = journal_path(self.path)
+            if append:
+                _start_journal(self.path)
         columns = list(ROW_FIELDS) + [c for name in attributes for c in (name, name + ATTRIBUTE_STATUS_SUFFIX)]
-        if append and not self._jsonl and self.path.is_file() and self.path.stat().st_size:
+        csv_file = self.path.suffix.lower() == ".csv"
+        if append and csv_file and self.path.is_file() and self.path.stat().st_size:
             with open(self.path, newline="", encoding="utf-8") as f:
                 header = next(csv.reader(f), [])
             if header != columns:
                 raise ValueError(f"{self.path}: its columns ({', '.join(header)}) are not this run's "
                                  f"({', '.join(columns)}); pass --overwrite to start again, or write to another file")
-        self._file: IO[str] = open(self.path, "a" if append else "w", newline="", encoding="utf-8")
-        self._csv = None if self._jsonl else csv.DictWriter(self._file, fieldnames=columns)
-        if self._csv is not None and self._file.tell() == 0:
-            self._csv.writeheader()
-            self._file.flush()
+        self._file: IO[str] = open(file, "a" if append else "w", newline="", encoding="utf-8")
+        if csv_file:
+            self._csv = csv.DictWriter(self._file, fieldnames=columns)
+            if self._file.tell() == 0:
+                self._csv.writeheader()
+                self._file.flush()
 
     def write(self, result: ScoreResult) -> None:
-        if self._jsonl:
+        if self._csv is None:
             self._file.write(json.dumps(result.to_row(), ensure_ascii=False) + "\n")
         else:
             self._csv.writerow(spreadsheet_safe(result.to_flat_row()))
         self._file.flush()
 
     def close(self) -> None:
+        if self._file.closed:
+            return
         self._file.close()
+        if self._parquet:
+            _finish_parquet(self.path)
 
     def __enter__(self) -> "ResultWriter":
         return self
@@ -141,34 +224,202 @@ def csv_text(cell: str) -> str:
     return cell[1:] if cell.startswith("'") else cell
 
 
+def write_rows(results: Iterable[ScoreResult], path: str | Path) -> None:
+    """Write a whole results file (every attribute the results carry gets its CSV columns)."""
+    results = list(results)
+    with ResultWriter(path, dict.fromkeys(name for r in results for name in (r.attributes or {}))) as writer:
+        for result in results:
+            writer.write(result)
+
+
 def _check_suffix(path: Path) -> None:
     if path.is_dir():
-        raise ValueError(f"{path} is a folder; the output is a file ending in .csv or .jsonl (e.g. {path / 'scores.csv'})")
-    if path.suffix.lower() not in (".csv", ".jsonl"):
-        raise ValueError(f"{path}: output must end in .csv or .jsonl")
+        raise ValueError(f"{path} is a folder; the output is a file ending in .csv, .jsonl or .parquet "
+                         f"(e.g. {path / 'scores.csv'})")
+    if path.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"{path}: output must end in .csv, .jsonl or .parquet")
+    if _is_parquet(path):
+        require("pyarrow.parquet", "parquet", f"{path.name}: a .parquet results file")
 
 
-# ---------------------------------------------------------------- resuming a killed run
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() == ".parquet"
 
-RUN_FILE_SUFFIX = ".run.json"  # beside the results file: the settings its rows were made with
+
+# ---------------------------------------------------------------- Parquet through a journal
+
+
+def journal_path(path: str | Path) -> Path:
+    """Where the rows of ``FILE.parquet`` stream while a run writes it: ``FILE.parquet.rows.jsonl``."""
+    path = Path(path)
+    return path.with_name(path.name + JOURNAL_SUFFIX)
+
+
+def _rows_file(path: Path) -> Path:
+    """The file that holds ``path``'s rows now: a Parquet file's journal while there is one."""
+    if _is_parquet(path) and journal_path(path).exists():
+        return journal_path(path)
+    return path
+
+
+def _start_journal(path: Path) -> None:
+    """Before appending to ``path``: a journal holding its rows (a finished file's rows copied into one)."""
+    journal = journal_path(path)
+    if journal.exists() or not path.exists():
+        return
+    partial = journal.with_name(journal.name + ".tmp")
+    with open(partial, "w", encoding="utf-8") as f:
+        for row in _parquet_rows(path):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, journal)  # from here the journal holds every row
+
+
+def _finish_parquet(path: Path) -> None:
+    """Write ``path`` whole from its journal (temporary file, then ``os.replace``), then remove the journal."""
+    parquet = require("pyarrow.parquet", "parquet", f"{path.name}: a .parquet results file")
+    journal = journal_path(path)
+    rows = read_rows(journal, "refuse")
+    partial = path.with_name(path.name + ".tmp")
+    parquet.write_table(_arrow_table(rows), partial)
+    with open(partial, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    journal.unlink()  # killed just before: the journal still holds every row, and is read instead
+
+
+def _arrow_table(rows: list[dict]):
+    """Rows as an Arrow table: the row fields as columns, attributes nested (a struct per attribute).
+
+    A column whose values are all numbers is float64, else text (a categorical task's words).
+    """
+    import pyarrow as pa
+
+    columns, fields = [], []
+    for name in ROW_FIELDS:
+        kind, values = _arrow_leaf([row.get(name) for row in rows], numeric=name not in ("path", "task", "status",
+                                                                                          "text", "error"))
+        columns.append(values)
+        fields.append(pa.field(name, kind))
+    names = list(dict.fromkeys(name for row in rows for name in (row.get("attributes") or {})))
+    if names:
+        entries = {name: [(row.get("attributes") or {}).get(name) for row in rows] for name in names}
+        types, converted = {}, {}
+        for name, column in entries.items():
+            kind, values = _arrow_leaf([None if e is None else e.get("value") for e in column], numeric=True)
+            types[name] = pa.struct([("value", kind), ("status", pa.string()), ("text", pa.string())])
+            converted[name] = [None if e is None else {**e, "value": v} for e, v in zip(column, values)]
+        attributes = [None if not row.get("attributes") else {name: converted[name][i] for name in names}
+                      for i, row in enumerate(rows)]
+        kind = pa.struct([pa.field(name, types[name]) for name in names])
+        columns.append(attributes)
+        fields.append(pa.field("attributes", kind))
+    schema = pa.schema(fields)
+    return pa.Table.from_arrays([pa.array(values, type=f.type) for values, f in zip(columns, schema)], schema=schema)
+
+
+def _arrow_leaf(values: list, *, numeric: bool):
+    """(Arrow type, values): float64 when every value is a number and ``numeric``, else strings."""
+    import pyarrow as pa
+
+    present = [v for v in values if v is not None]
+    if numeric and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pa.float64(), [None if v is None else float(v) for v in values]
+    return pa.string(), [None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values]
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    parquet = require("pyarrow.parquet", "parquet", f"{path.name}: a .parquet results file")
+    try:
+        return parquet.read_table(path).to_pylist()
+    except Exception as err:  # pyarrow raises its own error types for damaged files
+        raise ValueError(f"{path}: cannot read it as Parquet ({err})") from None
+
+
+# ---------------------------------------------------------------- reading
+
+
+class ResultRows(NamedTuple):
+    """A results file read back: its rows as results, each row's other columns (:func:`other_columns`),
+    and the file's column names (a CSV header; JSONL and Parquet: every key any row has)."""
+
+    results: list[ScoreResult]
+    others: list[dict]
+    columns: list[str]
+
+
+def read_results(path: str | Path, *, complete_only: bool = False, repair: bool = False) -> ResultRows:
+    """The rows of a realqa results file (.csv, .jsonl, .parquet; a torchrun part file; bench predictions).
+
+    CSV cells are read as :func:`spreadsheet_safe` wrote them. A row a killed run left torn (only
+    the last can be) is an error naming it, unless ``complete_only`` (resuming: it is left out,
+    and ``repair=True`` cuts it off the file, see :func:`read_complete_rows`).
+    """
+    path = Path(path)
+    torn = ("cut" if repair else "skip") if complete_only else "refuse"
+    return results_of(path, read_rows(path, torn))
+
+
+def results_of(path: Path, rows: list[dict]) -> ResultRows:
+    """:func:`read_results` of rows already read from ``path`` (its format sniffed first, e.g. by ``eval``)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    if rows and ("score" not in columns or not {"path", PATH_ALIAS} & set(columns)):
+        raise ValueError(f"{path}: not a realqa results file: it needs a 'path' (or '{PATH_ALIAS}') and a 'score' "
+                         f"column; it has {', '.join(columns)}")
+    results = []
+    for number, row in enumerate(rows, 1):
+        try:
+            results.append(ScoreResult.from_row(row))
+        except ValueError as err:
+            raise ValueError(f"{path}: row {number}: {err}") from None
+    return ResultRows(results, [other_columns(row) for row in rows], columns)
 
 
 def read_complete_rows(path: str | Path, *, repair: bool = False) -> list[dict]:
-    """The whole rows of a results file a killed run may have left, in file order.
+    """The whole rows of a results file a killed run may have left, in file order, as cells.
 
     A run writes and flushes one row at a time, so a kill can leave at most the last row torn
     (no line end, unterminated quote, bad JSON); it is not returned, and ``repair=True`` cuts it
     off the file so appending continues after the last whole row. Anything malformed before the
-    last row raises ``ValueError``: that file was not left by a killed run.
+    last row raises ``ValueError``: that file was not left by a killed run. For ``FILE.parquet``
+    these are its journal's rows while there is one, else the file's.
+    """
+    return read_rows(Path(path), "cut" if repair else "skip")
+
+
+def rows_exist(path: str | Path) -> bool:
+    """Whether ``path`` holds rows (for ``FILE.parquet``: it or its journal exists)."""
+    return _rows_file(Path(path)).exists()
+
+
+def read_rows(path: str | Path, torn: str = "refuse") -> list[dict]:
+    """The rows of a results file as cells (CSV: strings, the :func:`spreadsheet_safe` quote taken off).
+
+    ``torn`` says what becomes of a torn last row (see :func:`read_complete_rows`): ``skip``,
+    ``cut`` (skipped and cut off the file) or ``refuse`` (an error naming it; a last line that only
+    lacks its line end is taken whole: a file written by hand may lack it).
     """
     path = Path(path)
     _check_suffix(path)
-    data = path.read_bytes()
-    text = data.decode("utf-8", errors="surrogateescape")  # a torn multi-byte character stays in the tail
-    reader = _complete_csv if path.suffix.lower() == ".csv" else _complete_jsonl
-    rows, end = reader(path, text)
-    if repair and end < len(text):
-        with open(path, "r+b") as f:
+    file = _rows_file(path)
+    if not file.is_file():
+        raise ValueError(f"{path}: no such file")
+    if file == path and _is_parquet(path):
+        return _parquet_rows(path)  # written whole: there is no torn Parquet file
+    text = file.read_bytes().decode("utf-8", errors="surrogateescape")  # a torn multi-byte character stays in the tail
+    reader = _complete_csv if file.suffix.lower() == ".csv" else _complete_jsonl
+    rows, end = reader(file, text)
+    if torn == "refuse" and text[end:].strip():
+        try:
+            rows, whole = reader(file, text + "\n")  # the last line end may be all that is missing
+        except ValueError:
+            whole = end
+        if whole <= len(text):
+            raise ValueError(f"{file}: the row at line {text[:end].count(chr(10)) + 1} is incomplete: a run was killed "
+                             "while writing it, or is still writing; rerun the scoring command to finish the file")
+    if torn == "cut" and end < len(text):
+        with open(file, "r+b") as f:
             f.truncate(len(text[:end].encode("utf-8", errors="surrogateescape")))
             f.flush()
             os.fsync(f.fileno())
@@ -179,15 +430,17 @@ def _complete_jsonl(path: Path, text: str) -> tuple[list[dict], int]:
     rows, end = [], 0
     lines = text.split("\n")
     for number, line in enumerate(lines[:-1], 1):  # the last piece has no line end: torn, or empty
+        end += len(line) + 1
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:  # a row and its line end are written together: not torn
             raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg}); the file was not "
                              "left so by a killed run") from None
-        if not isinstance(row, dict) or "path" not in row:
-            raise ValueError(f"{path}: line {number} is not a result row")
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {number} is not a row (a JSON object)")
         rows.append(row)
-        end += len(line) + 1
     return rows, end
 
 
@@ -221,6 +474,11 @@ def _complete_csv(path: Path, text: str) -> tuple[list[dict], int]:
     return rows, end
 
 
+# ---------------------------------------------------------------- resuming a killed run
+
+RUN_FILE_SUFFIX = ".run.json"  # beside the results file: the settings its rows were made with
+
+
 def _change(key: str, then, now) -> str:
     """One difference between two runs' settings; for per-file digests, the files that changed."""
     if isinstance(then, dict) and isinstance(now, dict):
@@ -235,7 +493,8 @@ class ResumableOutput:
     Rows go in input order, one flushed write each. ``FILE.run.json`` beside it records the
     settings the rows were made with; a rerun with other settings is refused rather than mixing
     rows made two ways. On resume the file must hold whole rows for a prefix of the inputs (a torn
-    last row is cut off); those inputs are skipped and the rest appended.
+    last row is cut off); those inputs are skipped and the rest appended. ``FILE.parquet`` resumes
+    from its journal (see the module's notes).
     """
 
     def __init__(self, path: str | Path, settings: dict):
@@ -266,14 +525,17 @@ class ResumableOutput:
         finally:
             lock.release()
 
+    def exists(self) -> bool:
+        return rows_exist(self.path)
+
     def remove(self) -> None:
-        """Start again (``--overwrite``): the results file and its run file go."""
-        for file in (self.path, self.run_file):
+        """Start again (``--overwrite``): the results file (and a Parquet file's journal) and its run file go."""
+        for file in (self.path, journal_path(self.path), self.run_file):
             file.unlink(missing_ok=True)
 
     def check(self) -> None:
         """Refuse an existing file made with other settings, or by something that was not such a run."""
-        if not self.path.exists():
+        if not self.exists():
             return
         if not self.run_file.is_file():
             raise ValueError(f"{self.path} exists and has no {self.run_file.name} saying how it was made, so it "
@@ -290,177 +552,30 @@ class ResumableOutput:
 
     def completed(self, inputs: Sequence[str], *, repair: bool = True) -> list[ScoreResult]:
         """The results already in the file, after checking they are the first inputs, in order."""
-        if not self.path.exists():
+        if not self.exists():
             return []
-        rows = read_complete_rows(self.path, repair=repair)
-        if len(rows) > len(inputs):
-            raise ValueError(f"{self.path} holds {len(rows)} rows but this run has {len(inputs)} inputs; "
+        results = read_results(self.path, complete_only=True, repair=repair).results
+        if len(results) > len(inputs):
+            raise ValueError(f"{self.path} holds {len(results)} rows but this run has {len(inputs)} inputs; "
                              "pass --overwrite to start again, or write to another file")
-        for number, (row, expected) in enumerate(zip(rows, inputs), 1):
-            if row["path"] != expected:
-                raise ValueError(f"{self.path}: row {number} is {row['path']!r} but input {number} is {expected!r}: "
+        for number, (result, expected) in enumerate(zip(results, inputs), 1):
+            if result.path != expected:
+                raise ValueError(f"{self.path}: row {number} is {result.path!r} but input {number} is {expected!r}: "
                                  "the inputs changed since the file was written; pass --overwrite to start again, "
                                  "or write to another file")
-        return [ScoreResult.from_row(row) for row in rows]
+        if len(results) == len(inputs) and _is_parquet(self.path) and journal_path(self.path).exists():
+            _finish_parquet(self.path)  # killed after its last row but before writing the file: nothing else will
+        return results
 
     def begin(self) -> None:
         """Create the (empty) file and its run file, unless they exist."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists() or not self.run_file.is_file():
+        if not self.exists() or not self.run_file.is_file():
             self.run_file.write_text(json.dumps({"settings": self.settings}, indent=2) + "\n", encoding="utf-8")
-            self.path.touch()
+            if not self.exists():
+                (journal_path(self.path) if _is_parquet(self.path) else self.path).touch()
 
     def writer(self, attributes: Iterable[str] = ()) -> ResultWriter:
         """Append to the file (created with its run file when new)."""
         self.begin()
         return ResultWriter(self.path, attributes, append=True)
-
-
-# ---------------------------------------------------------------- reading predictions for evaluation
-
-SOURCE_REALQA, SOURCE_LLAMAFACTORY = "realqa", "llamafactory"
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One evaluable row.
-
-    ``pred`` is the value evaluated: None when the answer held no score, the input failed, or the
-    value lies outside the task's range (``status`` ``out_of_range``; ``read`` keeps the number so it
-    can be reported, but it is never scored). ``text`` is the answer as the file keeps it (None when
-    the file keeps none) and ``label_text`` a LLaMA-Factory row's label answer, for the official
-    reading. LLaMA-Factory rows (``source``) carry no image: ``key`` is their 0-based row number.
-    """
-
-    key: str
-    pred: float | None
-    label: float | None
-    status: str
-    attributes: dict = field(default_factory=dict)  # name -> predicted value (None when it failed)
-    attribute_status: dict = field(default_factory=dict)  # name -> its parse status
-    text: str | None = None
-    label_text: str | None = None
-    read: float | None = None
-    source: str = SOURCE_REALQA
-
-
-def read_predictions(path: str | Path, *, fmt: ScoreFormat | None = None, field: str = "score",
-                     task: str | None = None) -> list[Prediction]:
-    """Read our CSV/JSONL results or LLaMA-Factory's ``generated_predictions.jsonl``.
-
-    LLaMA-Factory rows (``predict``/``label`` answer texts) are parsed with the official answer
-    forms; a ``predict`` that does not parse is kept as a failed row, never dropped. Their range is
-    the row's own (the label answer and the prompt's "from X to Y", read as
-    :func:`realqa.conversations.read_answer` reads a conversation), else ``fmt``'s, else ``task``'s
-    default: LLaMA-Factory checks nothing, and one answer of 33333333 on a 1-5 scale would
-    otherwise swamp the RMSE. Our rows keep the status scoring gave them.
-    ``field`` picks the value column of our files: ``score`` (greedy) or ``ncm``; an out-of-range
-    row is left out of either.
-    """
-    path = Path(path)
-    rows = list(_read_rows(path))
-    if rows and "predict" in rows[0]:
-        fallback = _fallback_range(fmt, task)
-        return [_llamafactory_row(i, row, fallback, path) for i, row in enumerate(rows)]
-    predictions = []
-    for i, row in enumerate(rows):
-        if field not in row:
-            raise ValueError(f"{path}: row {i + 1} has no {field!r} column (columns: {', '.join(row)})")
-        value = _number(row.get(field))
-        status = row.get("status") or ("ok" if value is not None else "no_score")
-        pred = None if status == PARSE_OUT_OF_RANGE else value
-        label = _number(row.get("label", row.get("mos")))
-        values, statuses = _predicted_attributes(row)
-        text = row.get("text")
-        predictions.append(Prediction(str(row.get("path", i)), pred, label, status, values, statuses,
-                                      text=None if text is None else str(text), read=value))
-    return predictions
-
-
-def _predicted_attributes(row: dict) -> tuple[dict, dict]:
-    """Attribute predictions of one of our rows and their statuses: nested (JSONL) or
-    ``name``/``name_status`` columns (CSV). A value whose status is not ``ok`` is None."""
-    if isinstance(row.get("attributes"), dict):
-        entries = {name: (entry.get("value"), entry.get("status")) for name, entry in row["attributes"].items()}
-    else:
-        names = [c[: -len(ATTRIBUTE_STATUS_SUFFIX)] for c in row if c.endswith(ATTRIBUTE_STATUS_SUFFIX)]
-        entries = {name: (row.get(name) or None, row.get(name + ATTRIBUTE_STATUS_SUFFIX)) for name in names if name in row}
-    values = {name: value if status == PARSE_OK else None for name, (value, status) in entries.items()}
-    return values, {name: status for name, (_, status) in entries.items()}
-
-
-def _fallback_range(fmt: ScoreFormat | None, task: str | None) -> tuple[float, float] | None:
-    if fmt is not None:
-        return fmt.low, fmt.high
-    spec = DEFAULT_TASKS.get(task) if task else None
-    return (spec.low, spec.high) if spec is not None and spec.is_score else None
-
-
-def _row_range(prompt: str, label_text: str, fallback: tuple[float, float] | None) -> tuple[float, float] | None:
-    """The range a LLaMA-Factory row states (its label answer's task, its prompt's "from X to Y"), else ``fallback``."""
-    from .conversations import ConversationError, read_answer
-    from .tasks import SCORE
-
-    if label_text:
-        try:
-            answer = read_answer(prompt, label_text)
-        except ConversationError:
-            return fallback
-        if answer["kind"] == SCORE:
-            return answer["low"], answer["high"]
-    return fallback
-
-
-def _llamafactory_row(i: int, row: dict, fallback: tuple[float, float] | None, path: Path) -> Prediction:
-    predict = str(row["predict"])
-    label_text = row.get("label")
-    label_text = None if label_text in (None, "") else str(label_text)
-    label = parse_score(label_text).value if label_text is not None else None
-    if label_text is not None and label is None:
-        raise ValueError(f"{path}: row {i + 1}: the label {label_text!r} holds no score")
-    predicted = parse_score(predict)
-    status, pred = predicted.status, predicted.value
-    bounds = _row_range(str(row.get("prompt") or ""), label_text or "", fallback)
-    if pred is not None and bounds is not None and not bounds[0] <= pred <= bounds[1]:
-        status, pred = PARSE_OUT_OF_RANGE, None
-    return Prediction(str(i), pred, label, status, text=predict, label_text=label_text, read=predicted.value,
-                      source=SOURCE_LLAMAFACTORY)
-
-
-def _read_rows(path: Path) -> Iterator[dict]:
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                yield {key: csv_text(value) if isinstance(value, str) else value for key, value in row.items()}
-        return
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
-
-
-def _value(value) -> float | str | None:
-    """A score cell: a number, a categorical answer (a word), or empty."""
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
-
-
-def _number(value) -> float | None:
-    if value is None or value == "":
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def write_rows(results: Iterable[ScoreResult], path: str | Path) -> None:
-    with ResultWriter(path) as writer:
-        for result in results:
-            writer.write(result)

@@ -201,7 +201,7 @@ def _plan(job: ScoreJob, inputs: Sequence[str], log) -> list[int]:
         for part in part_files(output.path):
             part.unlink()
     output.check()
-    if not output.path.exists() and part_files(output.path):
+    if not output.exists() and part_files(output.path):
         raise ValueError(f"{output.path}.part-*.jsonl are left from another run; pass --overwrite to start again")
     done = output.completed(inputs)
     parted = _part_rows(output.path, inputs, repair=True)
@@ -213,17 +213,18 @@ def _plan(job: ScoreJob, inputs: Sequence[str], log) -> list[int]:
     return remaining
 
 
-def _part_rows(out: Path, inputs: Sequence[str], *, repair: bool = False) -> dict[int, dict]:
-    from .results import read_complete_rows
+def _part_rows(out: Path, inputs: Sequence[str], *, repair: bool = False) -> dict[int, ScoreResult]:
+    from .results import read_results
 
-    rows: dict[int, dict] = {}
+    rows: dict[int, ScoreResult] = {}
     for part in part_files(out):
-        for row in read_complete_rows(part, repair=repair):
-            index = row.pop("index", None)
-            if not isinstance(index, int) or not 0 <= index < len(inputs) or inputs[index] != row["path"]:
-                raise ValueError(f"{part}: a row for {row['path']!r} at input {index} does not match this run's "
+        stored = read_results(part, complete_only=True, repair=repair)
+        for result, others in zip(stored.results, stored.others):
+            index = others.get("index")
+            if not isinstance(index, int) or not 0 <= index < len(inputs) or inputs[index] != result.path:
+                raise ValueError(f"{part}: a row for {result.path!r} at input {index} does not match this run's "
                                  "inputs; pass --overwrite to start again")
-            rows[index] = row
+            rows[index] = result
     return rows
 
 
@@ -236,7 +237,7 @@ def _merge(job: ScoreJob, inputs: Sequence[str]) -> list[ScoreResult]:
     if missing:
         raise ValueError(f"{len(missing)} inputs have no row after the ranks finished (first: {missing[0]}); "
                          "rerun the same command to score them")
-    merged = [ScoreResult.from_row(parted[i]) for i in range(len(done), len(inputs))]
+    merged = [parted[i] for i in range(len(done), len(inputs))]
     names = list(dict.fromkeys(n for r in done + merged for n in (r.attributes or {})))
     with output.writer(names) as writer:
         for result in merged:

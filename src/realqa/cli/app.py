@@ -38,10 +38,10 @@ def add_commands(subparsers) -> None:
     serve.set_defaults(run=_serve)
 
     report = subparsers.add_parser("report", help="HTML report of a scores file: ranking, thumbnails, plots, metrics")
-    report.add_argument("scores", help="our .csv/.jsonl results or bench predictions")
+    report.add_argument("scores", help="our .csv/.jsonl/.parquet results or bench predictions")
     report.add_argument("--out", required=True, help="the HTML file to write (plots go beside it as PNG)")
-    report.add_argument("--labels", help="a realqa manifest, or a CSV/JSONL with an image column and a label column; "
-                                         "matched by path, then file name")
+    report.add_argument("--labels", help="a realqa manifest, or a table (CSV, TSV, JSON, JSONL, Parquet) with an image "
+                                         "column and a label column; matched by path, then file name")
     report.add_argument("--label-column", help="label column of --labels (default: the first of mos, MOS, score, label)")
     report.add_argument("--title", help="page title")
     report.add_argument("--image-root", help="folder relative image paths start from (default: here, else the scores file's folder)")

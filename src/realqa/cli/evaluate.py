@@ -12,11 +12,11 @@ def add_command(commands) -> None:
                     "score and errors, 'out-of-range' answers outside the task's range; neither enters a metric. "
                     "Beside it (on stderr), the official reading: the RealQA authors' evaluation script's rule "
                     "applied to the same answers (first <...>, rows it cannot read skipped), to set beside the paper.")
-    evaluate.add_argument("predictions", help="our .csv/.jsonl results, or LLaMA-Factory's generated_predictions.jsonl")
+    evaluate.add_argument("predictions", help="our .csv/.jsonl/.parquet results, or LLaMA-Factory's generated_predictions.jsonl")
     evaluate.add_argument("--labels", help="a realqa manifest; a LLaMA-Factory conversation file (the scores its answers "
-                          "state; LLaMA-Factory rows match its records by order, our rows by image); or a CSV/JSONL "
-                          "with an image column, a label column and optional attribute columns; our rows match by "
-                          "path, then as the file writes the image, then by file name")
+                          "state; LLaMA-Factory rows match its records by order, our rows by image); or a table (CSV, "
+                          "TSV, JSON, JSONL, Parquet) with an image column, a label column and optional attribute "
+                          "columns; our rows match by path, then as the file writes the image, then by file name")
     evaluate.add_argument("--label-column", help="label column of --labels (default: the first of mos, MOS, score, label)")
     evaluate.add_argument("--media-dir", help="where relative image paths of a conversation --labels file start "
                           "(LLaMA-Factory's media_dir; default: that file's folder)")
@@ -28,8 +28,7 @@ def add_command(commands) -> None:
 
 
 def _eval(args) -> int:
-    from ..evaluation import evaluate_predictions, format_official, format_table, read_labels
-    from ..results import read_predictions
+    from ..evaluation import evaluate_predictions, format_official, format_table, read_labels, read_predictions
 
     predictions = read_predictions(args.predictions, field=args.field, task=args.task)
     labels = read_labels(args.labels, args.label_column, args.task, args.media_dir) if args.labels else None

@@ -25,7 +25,7 @@ def add_command(commands) -> None:
                        help="also ask every fine-grained attribute the model knows (one column each)")
     score.add_argument("--cot", action="store_true",
                        help="chain of thought: reason over the attributes, then give the score in <...>")
-    score.add_argument("--out", help="write rows to FILE.csv or FILE.jsonl (one row per input, in input order), each as "
+    score.add_argument("--out", help="write rows to FILE.csv, FILE.jsonl or FILE.parquet (one row per input, in input order), each as "
                        "it comes; rerunning the same command resumes a killed run")
     score.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
     score.add_argument("--quiet", action="store_true", help="no progress bar and no table")
