@@ -145,6 +145,23 @@ def test_eval_our_results_with_a_labels_file(tmp_path, capsys):
     assert float(values[4]) == pytest.approx(1.0)  # pred order 1.5<2.2<3.1<4.0<4.9 matches labels
 
 
+def test_eval_reports_whether_spread_goes_with_error(tmp_path, capsys):
+    results = tmp_path / "scores.jsonl"
+    scores, labels, spreads = [1.5, 2.2, 3.1, 4.0, 4.9], [1.2, 2.5, 3.0, 3.9, 4.0], [0.3, 0.2, 0.05, 0.08, 0.6]
+    # |score - label| = 0.3, 0.3, 0.1, 0.1, 0.9: ranked like the spreads but for one tie, so Spearman is high
+    results.write_text("".join(json.dumps({"path": f"/data/{i}.jpg", "task": "quality", "score": s, "ncm": s,
+                                           "ncm_std": d, "status": "ok", "text": "", "error": None}) + "\n"
+                               for i, (s, d) in enumerate(zip(scores, spreads))))
+    (tmp_path / "labels.csv").write_text("image,mos\n" + "".join(f"{i}.jpg,{m}\n" for i, m in enumerate(labels)))
+    assert main(["eval", str(results), "--labels", str(tmp_path / "labels.csv")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[-2] == "std~err"
+    from scipy.stats import spearmanr
+
+    expected = spearmanr(spreads, [abs(a - b) for a, b in zip(scores, labels)]).statistic
+    assert float(out[1].split()[-2]) == pytest.approx(expected, abs=1e-4) and expected > 0.8
+
+
 def test_eval_llamafactory_predictions(tmp_path, capsys):
     predictions = tmp_path / "generated_predictions.jsonl"
     pairs = [("The quality score of this image is 3.47.", "The quality score of this image is 3.50."),

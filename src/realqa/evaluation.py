@@ -343,6 +343,8 @@ def evaluate_predictions(predictions: list[Prediction], labels: Labels | None, s
     """
     keys, main_labels, official_labels = _match(predictions, labels, source)
     main = _score_metrics([p.pred for p in predictions], main_labels, [p.status for p in predictions])
+    main["std_error_srcc"] = spread_error_srcc([p.result.ncm_std for p in predictions], [p.pred for p in predictions],
+                                               main_labels)[0]
     official = None
     if any(p.text is not None for p in predictions):
         llamafactory = any(p.source == SOURCE_LLAMAFACTORY for p in predictions)
@@ -544,18 +546,21 @@ def format_table(rows: list[TargetRow]) -> str:
     """Score targets with correlations, categorical ones with accuracy and macro-F1.
 
     A score row's ``failed`` counts answers without a score and errors; ``out-of-range`` the
-    answers outside the task's range; neither is in the metrics.
+    answers outside the task's range; neither is in the metrics. ``std~err`` (the overall score only):
+    the Spearman correlation between ``ncm_std`` and |prediction - label|, positive where the model is
+    less sure as it is more wrong; nan for rows without spreads.
     """
     lines = []
     scores = [r for r in rows if r.kind == "score"]
     if scores:
         lines.append(f"{'target':<16} {'rows':>6} {'scored':>6} {'failed':>6} {'SRCC':>7} {'KRCC':>7} {'PLCC':>7} "
-                     f"{'PLCC4':>7} {'RMSE':>7} {'out-of-range':>12}")
+                     f"{'PLCC4':>7} {'RMSE':>7} {'std~err':>7} {'out-of-range':>12}")
         for r in scores:
             m = r.metrics
+            spread = _fmt(m["std_error_srcc"]) if "std_error_srcc" in m else f"{'-':>7}"
             lines.append(f"{r.target:<16} {m['n_total']:>6} {m['n_evaluated']:>6} {m['n_failed']:>6} "
                          + " ".join(_fmt(m[k]) for k in ("srcc", "krcc", "plcc", "plcc_logistic", "rmse"))
-                         + f" {m.get('n_out_of_range', 0):>12}")
+                         + f" {spread} {m.get('n_out_of_range', 0):>12}")
     categorical = [r for r in rows if r.kind == "categorical"]
     if categorical:
         lines.append(f"{'target':<16} {'rows':>6} {'failed':>6} {'accuracy':>9} {'macro-F1':>9}")
