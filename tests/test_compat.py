@@ -42,6 +42,20 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
     assert str(caught.value) == "matplotlib.pyplot needs the 'report' extra: pip install 'realqa[report]'"
 
 
+def test_commands_name_their_missing_extra_in_one_line(monkeypatch, tmp_path, capsys):
+    """Each optional extra as a user meets it: the command stops with one line naming what to install."""
+    from realqa.cli import main
+
+    scores = tmp_path / "s.jsonl"
+    scores.write_text('{"path": "a.jpg", "task": "quality", "score": 3.0, "ncm": 3.0, "status": "ok", "text": ""}\n')
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main(["report", str(scores), "--out", str(tmp_path / "r.html")]) == 2
+    assert capsys.readouterr().err.strip() == ("realqa report: error: drawing the report's plots needs the 'report' extra: "
+                                               "pip install 'realqa[report]'")
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_every_extra_named_exists_in_pyproject():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 

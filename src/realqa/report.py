@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 
 from PIL import Image
 
+from .compat import require
 from .evaluation import file_label
 from .media import DEFAULT_MAX_IMAGE_PIXELS, load_image
 from .metrics import Evaluation, evaluate
@@ -220,6 +221,7 @@ def build_report(
     scores, out = Path(scores), Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"{out}: the report must end in .html")
+    require("matplotlib", "report", "drawing the report's plots")  # one line naming the extra, before any file is read
     entries = rank(read_entries(scores, labels))
     labelled = any(e.label is not None for e in entries)
     evaluation = evaluate([e.score for e in entries if e.label is not None],
