@@ -236,7 +236,7 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike], *, recursive: bool = True, image_column: str | None = None,
-                   split: str | None = None) -> list[str]:
+                   split: str | None = None, unlisted: bool = False) -> list[str]:
     """Expand CLI arguments into the ordered list of inputs to score.
 
     An argument that names no existing path and holds a brace pattern (``shard-{000..127}.tar``)
@@ -248,6 +248,8 @@ def collect_inputs(paths: Iterable[str | os.PathLike], *, recursive: bool = True
       ``shard.tar#key`` or ``table.parquet#12`` (see :mod:`realqa.sources`; ``image_column`` names the
       column, or a tar sample's member extension, where detection is ambiguous; ``split`` a dataset's
       split); where the container holds image paths instead of bytes, those paths are the inputs;
+      with ``unlisted``, a tar shard or a Parquet file of image bytes stays one input
+      (:class:`realqa.sources.Unlisted`), for Ray Data's readers to list on the cluster;
 
     - a directory gives every file under it (recursively unless
       ``recursive=False``), whatever its extension, sorted by relative path:
@@ -269,7 +271,7 @@ def collect_inputs(paths: Iterable[str | os.PathLike], *, recursive: bool = True
     for arg in paths:
         for path in _expand_braces(os.fsdecode(arg)):
             if container_kind(path) is not None:
-                inputs.extend(collect(path, column=image_column, split=split))
+                inputs.extend(collect(path, column=image_column, split=split, unlisted=unlisted))
             elif os.path.isdir(path):
                 inputs.extend(_scan_directory(path, recursive))
             elif os.path.isfile(path) and _extension(path) in MANIFEST_EXTENSIONS:

@@ -32,7 +32,7 @@ from typing import Any
 from .compat import require
 from .media import IMAGE_EXTENSIONS, MediaError
 
-__all__ = ["HUB_PREFIX", "SampleRef", "collect", "container_kind", "parse"]
+__all__ = ["HUB_PREFIX", "SampleRef", "Unlisted", "collect", "container_kind", "parse"]
 
 TAR, PARQUET, DATASET = "tar", "parquet", "dataset"
 HUB_PREFIX = "hf://datasets/"  # a hub dataset, named as the Hugging Face file system names it
@@ -50,6 +50,8 @@ class SampleRef(str):
 
     ``key`` is the WebDataset key (tar) or the row index (Parquet, dataset); ``column`` the image
     column (tar: the member's extension) when the user named one; ``split`` a dataset's split.
+    ``held``, when given, is what the container holds for this sample, already read by someone else
+    (Ray Data's readers): a tar sample's ``{extension: bytes}``, a table row's image value.
     """
 
     kind: str
@@ -57,24 +59,49 @@ class SampleRef(str):
     key: str
     column: str | None
     split: str | None
+    held: tuple | None  # (value,) when the value was read elsewhere (None is a value: a null cell)
 
-    def __new__(cls, kind: str, container: str, key: str | int, *, column: str | None = None, split: str | None = None):
+    def __new__(cls, kind: str, container: str, key: str | int, *, column: str | None = None, split: str | None = None,
+                held: tuple | None = None):
         key = str(key)
         self = super().__new__(cls, f"{container}[{split}]#{key}" if split is not None else f"{container}#{key}")
-        self.kind, self.container, self.key, self.column, self.split = kind, container, key, column, split
+        self.kind, self.container, self.key, self.column, self.split, self.held = kind, container, key, column, split, held
         return self
 
     def __reduce__(self):  # pickled with its parts (worker processes, Ray), not as a plain string
-        return (_make_ref, (self.kind, self.container, self.key, self.column, self.split))
+        return (_make_ref, (self.kind, self.container, self.key, self.column, self.split, self.held))
 
     def read(self) -> bytes | str:
         """The sample's encoded image bytes, or the path of its image file; :class:`MediaError` naming it."""
+        if self.held is not None:
+            value = self.held[0]
+            if self.kind == TAR:
+                return _member_bytes(self, value[_choose_member(self, value)])
+            return _image_value(self, value, self.column or "image", os.path.dirname(self.container))
         readers = {TAR: _read_tar, PARQUET: _read_parquet, DATASET: _read_dataset}
         return readers[self.kind](self)
 
 
-def _make_ref(kind, container, key, column, split) -> SampleRef:
-    return SampleRef(kind, container, key, column=column, split=split)
+def _make_ref(kind, container, key, column, split, held) -> SampleRef:
+    return SampleRef(kind, container, key, column=column, split=split, held=held)
+
+
+class Unlisted(str):
+    """A tar shard, or a Parquet file of image bytes, left whole: Ray Data's readers read it on the cluster
+    (``realqa.ray_backend``), so its samples are never listed where the inputs are collected. The string is
+    the file; ``column`` the image column (tar: member extension) named or detected; ``rows`` a table's rows."""
+
+    kind: str
+    column: str | None
+    rows: int | None
+
+    def __new__(cls, kind: str, path: str, column: str | None = None, rows: int | None = None):
+        self = super().__new__(cls, path)
+        self.kind, self.column, self.rows = kind, column, rows
+        return self
+
+    def __reduce__(self):
+        return (Unlisted, (self.kind, str(self), self.column, self.rows))
 
 
 # ---------------------------------------------------------------- what an argument names
@@ -119,11 +146,11 @@ def _parquet_files(folder: str) -> list[str]:
     return [os.path.join(folder, f) for f in sorted(files, key=lambda f: f.split(os.sep))]
 
 
-def parse(text: str) -> SampleRef | None:
+def parse(text: str, column: str | None = None) -> SampleRef | None:
     """The :class:`SampleRef` an identity string names (its container must exist), or None.
 
-    The image column is not part of an identity: a sample read back this way uses the container's
-    detected column (or, for a tar, its only image member).
+    The image column is not part of an identity: a sample read back this way uses ``column``, else
+    the container's detected column (for a tar, its only image member).
     """
     if isinstance(text, SampleRef):
         return text
@@ -136,7 +163,7 @@ def parse(text: str) -> SampleRef | None:
             head, split = bracket.groups()
         kind = container_kind(head)
         if kind is not None:
-            return SampleRef(kind, head, key, split=split)
+            return SampleRef(kind, head, key, column=column, split=split)
         at = text.find("#", at + 1)
     return None
 
@@ -144,18 +171,20 @@ def parse(text: str) -> SampleRef | None:
 # ---------------------------------------------------------------- listing
 
 
-def collect(path: str, *, column: str | None = None, split: str | None = None) -> list[str]:
+def collect(path: str, *, column: str | None = None, split: str | None = None, unlisted: bool = False) -> list[str]:
     """The inputs inside container ``path``, in container order (see the module's docstring).
 
+    ``unlisted``: tar shards and Parquet files of image bytes stay whole, one :class:`Unlisted` input
+    each (for Ray Data's readers); only a table's footer is read, for its row count and columns.
     A container that cannot be listed at all (not a tar, a damaged Parquet footer, no image
     column, an unknown split) raises :class:`MediaError` naming it and the problem.
     """
     kind = container_kind(path)
     if kind == TAR:
-        return _collect_tar(path, column)
+        return [Unlisted(TAR, path, column)] if unlisted else _collect_tar(path, column)
     if kind == PARQUET:
         files = [path] if os.path.isfile(path) else _parquet_files(path)
-        return [entry for file in files for entry in _collect_parquet(file, column)]
+        return [entry for file in files for entry in _collect_parquet(file, column, unlisted)]
     if kind == DATASET:
         return _collect_dataset(path, column, split)
     raise MediaError(path, "not a tar shard, Parquet file or folder, or saved Hugging Face dataset")
@@ -220,26 +249,36 @@ def _read_tar(ref: SampleRef) -> bytes:
     members = index.samples.get(ref.key)
     if members is None:
         raise MediaError(ref, index.problem or f"the shard has no sample with key {ref.key!r}")
-    if ref.column is not None:
-        extension = ref.column.lower().lstrip(".")
-        if extension not in members:
-            raise MediaError(ref, f"sample has no '.{extension}' member (it has: {_members(members)})")
-    else:
-        images = [ext for ext in members if ext.rsplit(".", 1)[-1] in _IMAGE_SUFFIXES]
-        if not images:
-            raise MediaError(ref, f"sample has no image member (it has: {_members(members)})")
-        if len(images) > 1:
-            raise MediaError(ref, f"sample has several image members ({_members(images)}); choose one with the "
-                                  "image column option (e.g. --image-column jpg)")
-        extension = images[0]
+    extension = _choose_member(ref, members)
     offset, size = members[extension]
-    if size == 0:
-        raise MediaError(ref, f"'.{extension}' member is empty (0 bytes)")
     with open(ref.container, "rb") as fh:
         fh.seek(offset)
         data = fh.read(size)
     if len(data) < size:
         raise MediaError(ref, f"'.{extension}' member is truncated ({len(data)} of {size} bytes in the shard)")
+    return _member_bytes(ref, data)
+
+
+def _choose_member(ref: SampleRef, extensions) -> str:
+    """The extension of a sample's image member: the one named (``ref.column``), else its only image member."""
+    extensions = list(extensions)
+    if ref.column is not None:
+        extension = ref.column.lower().lstrip(".")
+        if extension not in extensions:
+            raise MediaError(ref, f"sample has no '.{extension}' member (it has: {_members(extensions)})")
+        return extension
+    images = [ext for ext in extensions if ext.rsplit(".", 1)[-1] in _IMAGE_SUFFIXES]
+    if not images:
+        raise MediaError(ref, f"sample has no image member (it has: {_members(extensions)})")
+    if len(images) > 1:
+        raise MediaError(ref, f"sample has several image members ({_members(images)}); choose one with the "
+                              "image column option (e.g. --image-column jpg)")
+    return images[0]
+
+
+def _member_bytes(ref: SampleRef, data: bytes) -> bytes:
+    if not data:
+        raise MediaError(ref, "the image member is empty (0 bytes)")
     return data
 
 
@@ -273,8 +312,10 @@ def _parquet_file(path: str, stamp: tuple[int, int], column: str | None) -> _Par
     return _ParquetFile(path, name, is_path, starts, total)
 
 
-def _collect_parquet(path: str, column: str | None) -> list[str]:
+def _collect_parquet(path: str, column: str | None, unlisted: bool = False) -> list[str]:
     table = _parquet_file(path, _stamp(path), column)
+    if not table.is_path and unlisted:
+        return [Unlisted(PARQUET, path, table.column, table.rows)]
     if not table.is_path:
         return [SampleRef(PARQUET, path, row, column=column) for row in range(table.rows)]
     pq = require("pyarrow.parquet", "parquet", f"{path}: reading Parquet")
