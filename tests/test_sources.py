@@ -61,6 +61,10 @@ def _half_jpeg(i: int) -> bytes:
 
 @pytest.fixture()
 def containers(tmp_path):
+    return write_containers(tmp_path)
+
+
+def write_containers(tmp_path: Path):
     """Images as files, and the same images in two shards, two Parquet tables and a saved dataset.
 
     Returns (folder of files, {container argument: (expected row paths, reference file per row or an
@@ -119,6 +123,18 @@ def test_each_container_lists_its_samples_in_order_with_stable_identities(contai
         assert collect_inputs([argument]) == [path for path, _ in rows], argument
     everything = collect_inputs(list(expected))
     assert everything == [path for rows in expected.values() for path, _ in rows]
+
+
+def test_unlisted_shards_and_tables_stay_whole_for_ray(containers):
+    """For Ray Data's readers: a shard or a table of bytes is one input (its footer read for the row count)."""
+    _, expected = containers
+    pattern, table, paths, saved = expected
+    inputs = collect_inputs([pattern, table, paths, saved], unlisted=True)
+    shards = [pattern.replace("{000..001}", n) for n in ("000", "001")]
+    assert inputs == [*shards, table, *[p for p, _ in expected[paths]], *[p for p, _ in expected[saved]]]
+    assert [(type(i).__name__, getattr(i, "kind", None), getattr(i, "column", None), getattr(i, "rows", None))
+            for i in inputs[:3]] == [("Unlisted", "tar", None, None)] * 2 + [("Unlisted", "parquet", "jpg", 4)]
+    assert pickle.loads(pickle.dumps(inputs[2])).rows == 4
 
 
 def test_samples_decode_to_the_same_pixels_as_the_files_or_fail_naming_the_sample(containers):

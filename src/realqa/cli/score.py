@@ -60,7 +60,8 @@ def _score(args) -> int:
                          "prediction row each); `realqa data card FILE --out DIR` then `--card DIR` asks its question "
                          "of any images")
     job = score_job(args, ())  # the flags first: a bad value is refused before the folders are even read
-    inputs = collect_inputs(args.paths, image_column=args.image_column, split=args.split)
+    # With Ray, tar shards and Parquet tables stay whole: Ray Data's readers list them on the cluster.
+    inputs = collect_inputs(args.paths, image_column=args.image_column, split=args.split, unlisted=args.backend == "ray")
     if not inputs:
         raise ValueError("no inputs found in " + ", ".join(args.paths))
     results = run(replace(job, inputs=tuple(inputs)), log=lambda message: print(message, file=sys.stderr))
