@@ -7,6 +7,7 @@
 
 from .conversations import read_conversations
 from .engine import Scorer, load_scorer
+from .media import collect_inputs
 from .metrics import Evaluation, evaluate, krcc, plcc, plcc_logistic, rmse, srcc
 from .results import ScoreResult
 from .tasks import Task
@@ -18,6 +19,7 @@ __all__ = [
     "ScoreResult",
     "Scorer",
     "Task",
+    "collect_inputs",
     "evaluate",
     "krcc",
     "load_scorer",

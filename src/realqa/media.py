@@ -2,8 +2,10 @@
 
 ``load_image`` opens one image defensively (missing, empty, corrupt, oversized
 and exotic-mode files all end in a ``MediaError`` that names the input), and
-``collect_inputs`` expands command-line arguments (files, folders, manifests)
-into the ordered list of inputs to score.
+``collect_inputs`` expands command-line arguments (files, folders, manifests,
+and containers: tar shards, Parquet tables, Hugging Face datasets) into the
+ordered list of inputs to score. A sample inside a container is listed and read
+by :mod:`realqa.sources`, which these two call for such inputs.
 """
 
 from __future__ import annotations
