@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 
 from .job import ScoreJob, iter_rows
 from .results import ResumableOutput, ScoreResult, read_complete_rows
-from .sources import PARQUET, TAR, SampleRef, Unlisted, parse
+from .sources import PARQUET, TAR, SampleRef, Unlisted, collect, parse
 
 __all__ = ["ScoreActor", "score_with_ray"]
 
@@ -150,7 +150,7 @@ def score_with_ray(job: ScoreJob, output: ResumableOutput | None, *, log: Callab
         progress = _progress(job, len(done), None if None in known else len(done) + sum(known))
         try:
             for run in runs:
-                for result in _score_run(ray, run, actor_job, options):
+                for result in _score_run(ray, run, actor_job, options, log):
                     results.append(result)
                     if writer:
                         writer.write(result)
@@ -184,7 +184,7 @@ def _runs(inputs: Sequence[str]) -> list[_Run]:
     return runs
 
 
-def _score_run(ray, run: _Run, job: ScoreJob, options: dict) -> Iterator[ScoreResult]:
+def _score_run(ray, run: _Run, job: ScoreJob, options: dict, log: Callable[[str], None]) -> Iterator[ScoreResult]:
     """One run's rows, in input order."""
     if run.kind == FILES:
         dataset = ray.data.from_items([{"index": i, "path": str(p)} for i, p in enumerate(run.inputs)])
@@ -200,6 +200,29 @@ def _score_run(ray, run: _Run, job: ScoreJob, options: dict) -> Iterator[ScoreRe
         if given != len(run.inputs):
             raise RuntimeError(f"Ray returned {given} of {len(run.inputs)} rows")
         return
+    if run.kind == PARQUET:
+        yield from _read_run(ray, run, job, options)
+        return
+    shards = [str(f) for f in run.inputs]
+    shard, keys = shards[0], set(run.skip)  # the shard being read, and its keys done (in --out or just now)
+    try:
+        for result in _read_run(ray, run, job, options):
+            if not result.path.startswith(shard + "#"):  # rows come in shard order: the next shard with rows
+                shard, keys = next(s for s in shards if result.path.startswith(s + "#")), set()
+            keys.add(result.path[len(shard) + 1:])
+            yield result
+    except Exception as err:  # Ray Data's reader stops at a damaged shard (a truncated tar): its error types vary
+        rest = shards[shards.index(shard):]
+        log(f"note: Ray Data could not read the tar shards ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); "
+            f"the {len(rest)} shard(s) from {shard} on are listed here and their samples read one by one, so a damaged "
+            "shard's samples become error rows")
+        begun = [ref for ref in collect(rest[0], column=run.column) if ref.key not in keys]
+        listed = begun + [ref for file in rest[1:] for ref in collect(file, column=run.column)]
+        yield from _score_run(ray, _Run(FILES, tuple(listed)), job, options, log)
+
+
+def _read_run(ray, run: _Run, job: ScoreJob, options: dict) -> Iterator[ScoreResult]:
+    """A TAR or PARQUET run's rows through Ray Data's readers, in input order, named as a one-process run names them."""
     files = [str(f) for f in run.inputs]
     if run.kind == TAR:
         dataset = ray.data.read_webdataset(files, decoder=None, include_paths=True)
