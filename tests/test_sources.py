@@ -135,6 +135,8 @@ def test_unlisted_shards_and_tables_stay_whole_for_ray(containers):
     assert [(type(i).__name__, getattr(i, "kind", None), getattr(i, "column", None), getattr(i, "rows", None))
             for i in inputs[:3]] == [("Unlisted", "tar", None, None)] * 2 + [("Unlisted", "parquet", "jpg", 4)]
     assert pickle.loads(pickle.dumps(inputs[2])).rows == 4
+    with pytest.raises(MediaError, match="only --backend ray scores it"):  # not mistaken for an image file
+        load_image(inputs[0])
 
 
 def test_samples_decode_to_the_same_pixels_as_the_files_or_fail_naming_the_sample(containers):

@@ -111,9 +111,13 @@ def _sample_data(source: str | os.PathLike) -> bytes | str | os.PathLike:
     """A sample inside a container (``shard.tar#key``, ``table.parquet#12``, ...: :mod:`realqa.sources`)
     -> its bytes or its image file's path; any other source as it is. A file that exists under such a
     name is that file."""
+    from .sources import Unlisted, parse
+
+    if isinstance(source, Unlisted):
+        raise MediaError(source, "a whole tar shard or Parquet table, left unlisted for Ray Data's readers: only "
+                                 "--backend ray scores it as it is; list its samples with collect_inputs()")
     if not isinstance(source, str) or "#" not in source or os.path.lexists(source):
         return source
-    from .sources import parse
 
     ref = parse(source)
     return ref.read() if ref is not None else source

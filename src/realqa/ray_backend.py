@@ -121,10 +121,11 @@ def score_with_ray(job: ScoreJob, output: ResumableOutput | None, *, log: Callab
     runs = _runs(job.inputs)
     done: list[ScoreResult] = []
     if output is not None and output.path.exists():
+        counts = [r.rows for r in runs]
         done, runs = _resume(output.path, runs)
-        if done:
-            total = None if any(r.rows is None for r in _runs(job.inputs)) else sum(r.rows for r in _runs(job.inputs))
-            log(f"resuming {job.out}: {len(done)}{f' of {total}' if total is not None else ''} inputs were already scored")
+        if done:  # the total is unknown while a shard's samples are not listed
+            total = "" if None in counts else f" of {sum(counts)}"
+            log(f"resuming {job.out}: {len(done)}{total} inputs were already scored")
     if not runs:
         return done
     names = job.check()
