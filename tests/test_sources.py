@@ -176,6 +176,17 @@ def test_sample_refs_survive_pickling_with_their_column(tmp_path):
         load_image(str(ref))
 
 
+def test_shard_members_without_a_key_and_extension_are_in_no_sample(tmp_path):
+    """As WebDataset reads a shard: "README" or "._k.jpg" (no key before a dot) belong to no sample."""
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        for name, data in (("README", b"notes"), ("k.JPG", _jpeg(0)), ("._k.jpg", b"mac metadata"), ("dir/", b"")):
+            info = tarfile.TarInfo(name)
+            info.size, info.type = len(data), tarfile.DIRTYPE if name.endswith("/") else tarfile.REGTYPE
+            tar.addfile(info, io.BytesIO(data))
+    assert collect_inputs([tmp_path / "s.tar"]) == [f"{tmp_path}/s.tar#k"]
+    assert load_image(f"{tmp_path}/s.tar#k").size == SIZES[0]  # extensions compared in lower case
+
+
 def test_a_file_whose_name_holds_a_hash_is_that_file(tmp_path):
     _write_shard(tmp_path / "s.tar", [("k", {"jpg": _jpeg(0)})])
     odd = tmp_path / "s.tar#k"

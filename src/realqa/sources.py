@@ -42,7 +42,7 @@ PARQUET_EXTENSION = ".parquet"
 PATH_COLUMN_NAMES = frozenset({"path", "image", "img", "file", "filename", "file_name", "filepath", "file_path",
                                "image_path", "img_path", "image_file", "image_filename"})
 _IMAGE_SUFFIXES = frozenset(ext.lstrip(".") for ext in IMAGE_EXTENSIONS) | {"avif", "heic", "heif"}
-_WDS_NAME = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # WebDataset: key = name up to the basename's first dot
+_WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # WebDataset: key = name up to the basename's first dot
 
 
 class SampleRef(str):
@@ -228,7 +228,9 @@ def _tar_index(path: str, stamp: tuple[int, int]) -> _TarIndex:
                 if not member.isfile():
                     continue
                 match = _WDS_NAME.match(member.name)
-                key, extension = match.groups() if match else (member.name, "")
+                if match is None:  # no "key.extension" name (e.g. "._x", "README"): in no sample, as WebDataset reads it
+                    continue
+                key, extension = match.groups()
                 # Members of a sample are consecutive in a well-formed shard; a key seen again joins its sample.
                 samples.setdefault(key, {})[extension.lower()] = (member.offset_data, member.size)
         except (tarfile.TarError, OSError, EOFError) as err:
@@ -265,13 +267,13 @@ def _choose_member(ref: SampleRef, extensions) -> str:
     if ref.column is not None:
         extension = ref.column.lower().lstrip(".")
         if extension not in extensions:
-            raise MediaError(ref, f"sample has no '.{extension}' member (it has: {_members(extensions)})")
+            raise MediaError(ref, f"sample has no '.{extension}' member (it has: {_extension_list(extensions)})")
         return extension
     images = [ext for ext in extensions if ext.rsplit(".", 1)[-1] in _IMAGE_SUFFIXES]
     if not images:
-        raise MediaError(ref, f"sample has no image member (it has: {_members(extensions)})")
+        raise MediaError(ref, f"sample has no image member (it has: {_extension_list(extensions)})")
     if len(images) > 1:
-        raise MediaError(ref, f"sample has several image members ({_members(images)}); choose one with the "
+        raise MediaError(ref, f"sample has several image members ({_extension_list(images)}); choose one with the "
                               "image column option (e.g. --image-column jpg)")
     return images[0]
 
@@ -282,7 +284,7 @@ def _member_bytes(ref: SampleRef, data: bytes) -> bytes:
     return data
 
 
-def _members(extensions) -> str:
+def _extension_list(extensions) -> str:
     return ", ".join(f".{ext}" if ext else "(no extension)" for ext in extensions)
 
 
