@@ -266,6 +266,22 @@ def test_dataset_splits(tmp_path):
     assert load_image(f"{single}#0").size == SIZES[0]
 
 
+def test_a_dataset_of_image_paths_lists_the_paths(tmp_path):
+    """A text column with a path-like name: its paths are the inputs (relative ones from the dataset's folder)."""
+    absolute = tmp_path / "b.jpg"
+    absolute.write_bytes(_jpeg(1))
+    split = datasets.Dataset.from_dict({"file_name": ["images/a.jpg", str(absolute), ""], "mos": [1.0, 2.0, 3.0]})
+    folder = tmp_path / "ds"
+    split.save_to_disk(str(folder))
+    (folder / "images").mkdir()
+    (folder / "images" / "a.jpg").write_bytes(_jpeg(0))
+    inputs = collect_inputs([folder])
+    assert inputs == [str(folder / "images" / "a.jpg"), str(absolute), f"{folder}#2"]
+    assert [load_image(p).size for p in inputs[:2]] == [SIZES[0], SIZES[1]]
+    with pytest.raises(MediaError, match=r"ds#2: no image in column 'file_name' \(the value is empty\)"):
+        load_image(inputs[2])
+
+
 def test_a_missing_extra_is_named_in_one_line(tmp_path, monkeypatch):
     import sys
 
