@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import realqa
 from realqa.cli import main
 from realqa.compat import MissingExtra
+from realqa.job import ModelOptions
 from realqa.media import MediaError, collect_inputs, load_image
+from realqa.models import demo_model_path
 from realqa.sources import SampleRef, parse
 
 pa = pytest.importorskip("pyarrow")
@@ -282,6 +285,30 @@ def test_a_dataset_of_image_paths_lists_the_paths(tmp_path):
         load_image(inputs[2])
 
 
+def test_a_hub_dataset_takes_the_saved_dataset_path_through_load_dataset(tmp_path, monkeypatch):
+    """The hub cannot be reached here: ``load_dataset`` is stood in for, to check what realqa asks of it and
+    does with its answer (the same listing and reading as a saved dataset)."""
+    features = datasets.Features({"image": datasets.Image()})
+    rows = datasets.Dataset.from_dict({"image": [{"bytes": _jpeg(2), "path": None}, {"bytes": b"junk", "path": None}]},
+                                      features=features)
+    splits = datasets.DatasetDict({"train": rows, "test": rows})
+    asked = []
+
+    def load_dataset(name, split=None):
+        asked.append((name, split))
+        return splits[split] if split else splits
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    name = f"hf://datasets/someone/photos-{tmp_path.name}"  # a fresh name: opened datasets are cached per process
+    with pytest.raises(MediaError, match="splits train, test: choose one with --split"):
+        collect_inputs([name])
+    inputs = collect_inputs([name], split="test")
+    assert inputs == [f"{name}[test]#0", f"{name}[test]#1"] and asked[-1] == (f"someone/photos-{tmp_path.name}", "test")
+    assert load_image(inputs[0]).size == SIZES[2]
+    with pytest.raises(MediaError, match=r"\[test\]#1: not a recognised image format"):
+        load_image(str(inputs[1]))  # as a plain string too
+
+
 def test_a_missing_extra_is_named_in_one_line(tmp_path, monkeypatch):
     import sys
 
@@ -299,15 +326,19 @@ def _score(model: Path, inputs: list[str], out: Path, *extra: str) -> list[dict]
     return _rows(out)
 
 
-@pytest.mark.slow  # scores 21 inputs twice with the tiny model
-def test_containers_score_one_row_per_sample_in_order_like_the_same_files(tiny_model_dir, containers, tmp_path):
+@pytest.mark.slow  # scores the inputs four times with the demo model
+def test_containers_score_one_row_per_sample_in_order_like_the_same_files(containers, tmp_path):
+    # The bundled demo model: its scores differ from image to image (the tiny random model's answers hold no number).
+    model = demo_model_path()
     _, expected = containers
-    rows = _score(tiny_model_dir, list(expected), tmp_path / "containers.jsonl")
+    rows = _score(model, list(expected), tmp_path / "containers.jsonl")
     want = [row for rows in expected.values() for row in rows]
     assert [r["path"] for r in rows] == [path for path, _ in want]  # one row per sample, in order
 
+    # The tiny model's expected score differs between these images, so a sample scored as another image would show.
+    assert len({round(r["ncm"], 6) for r in rows if r["ncm"] is not None}) >= 5
     references = sorted({str(w) for _, w in want if isinstance(w, Path)})
-    by_file = {r["path"]: r for r in _score(tiny_model_dir, references, tmp_path / "files.jsonl")}
+    by_file = {r["path"]: r for r in _score(model, references, tmp_path / "files.jsonl")}
     for row, (path, reference) in zip(rows, want):
         if isinstance(reference, Path):
             assert row["status"] != "error", row
@@ -316,6 +347,15 @@ def test_containers_score_one_row_per_sample_in_order_like_the_same_files(tiny_m
             assert row["ncm"] == pytest.approx(same["ncm"], abs=1e-5)
         else:
             assert row["status"] == "error" and reference in row["error"] and row["error"].startswith(path), row
+
+    # The Python API: what collect_inputs lists, and the same identities as plain strings, score the same.
+    scorer = ModelOptions(model=str(model), device="cpu", batch_size=3).load()
+    listed = realqa.collect_inputs(list(expected))
+    for given in (listed, [str(i) for i in listed]):
+        api = scorer.score(given)
+        assert [(r.path, r.text, r.status, r.error) for r in api] == [(r["path"], r["text"], r["status"], r["error"])
+                                                                      for r in rows]
+        assert [r.ncm for r in api] == pytest.approx([r["ncm"] for r in rows], abs=1e-5)
 
 
 @pytest.mark.slow  # scores with the tiny model in two worker processes
