@@ -80,3 +80,36 @@ def test_ray_reads_shards_and_tables_itself_in_input_order_and_resumes(tmp_path,
         err = capsys.readouterr().err
         assert f"{kept} inputs were already scored" in err and "Ray Data could not read the tar shards" in err
         _same([json.loads(line) for line in out.read_text().splitlines()], want)
+
+
+def test_resume_recognises_shard_rows_by_key_and_table_rows_by_index(tmp_path):
+    """What a rerun reads again after a kill, decided from --out alone (no Ray, no shard listed)."""
+    from realqa.ray_backend import FILES, _resume, _runs
+    from realqa.results import ScoreResult
+    from realqa.sources import SampleRef, Unlisted
+
+    inputs = ["a.jpg", Unlisted("tar", "s0.tar"), Unlisted("tar", "s1.tar"), Unlisted("parquet", "t.parquet", "jpg", 3),
+              "b.jpg"]
+    out = tmp_path / "out.jsonl"
+
+    def left_after(*paths):
+        out.write_text("".join(json.dumps(ScoreResult.failed(p, "quality", "x").to_row()) + "\n" for p in paths))
+        done, left = _resume(out, _runs(inputs))
+        assert [r.path for r in done] == list(paths)
+        return [(run.kind, [str(i) for i in run.inputs], sorted(run.skip)) for run in left]
+
+    every = [("files", ["a.jpg"], []), ("tar", ["s0.tar", "s1.tar"], []), ("parquet", ["t.parquet"], []),
+             ("files", ["b.jpg"], [])]
+    assert left_after() == every
+    assert left_after("a.jpg") == every[1:]
+    # killed inside the second shard: it is read again without the keys already written
+    assert left_after("a.jpg", "s0.tar#k1", "s0.tar#k2", "s1.tar#k1") == [("tar", ["s1.tar"], ["k1"]), *every[2:]]
+    # killed inside the table: its other rows by name (each actor reads them), then the rest
+    assert left_after("a.jpg", "s0.tar#k1", "s1.tar#k1", "t.parquet#0") == [
+        (FILES, ["t.parquet#1", "t.parquet#2"], []), every[3]]
+    begun = _resume(out, _runs(inputs))[1][0].inputs[0]
+    assert isinstance(begun, SampleRef) and begun.column == "jpg"
+    assert left_after("a.jpg", "s0.tar#k1", "t.parquet#0", "t.parquet#1", "t.parquet#2", "b.jpg") == []
+    for wrong in (["b.jpg"], ["a.jpg", "t.parquet#1"], ["a.jpg", "s1.tar#k", "s0.tar#k"]):
+        with pytest.raises(ValueError, match="is not the next input of this run"):
+            left_after(*wrong)

@@ -20,6 +20,7 @@ the optional extra: ``pip install 'realqa[ray]'``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -175,14 +176,10 @@ def _progress(job: ScoreJob, initial: int, total: int | None):
 
 def _runs(inputs: Sequence[str]) -> list[_Run]:
     """Consecutive inputs of one kind (and, for tables, one image column) make one run."""
-    runs: list[_Run] = []
-    for item in inputs:
-        kind, column = (item.kind, item.column) if isinstance(item, Unlisted) else (FILES, None)
-        if runs and (runs[-1].kind, runs[-1].column) == (kind, column):
-            runs[-1] = replace(runs[-1], inputs=runs[-1].inputs + (item,))
-        else:
-            runs.append(_Run(kind, (item,), column))
-    return runs
+    def how(item) -> tuple[str, str | None]:
+        return (item.kind, item.column) if isinstance(item, Unlisted) else (FILES, None)
+
+    return [_Run(kind, tuple(items), column) for (kind, column), items in itertools.groupby(inputs, key=how)]
 
 
 def _score_run(ray, run: _Run, job: ScoreJob, options: dict, log: Callable[[str], None]) -> Iterator[ScoreResult]:
@@ -261,7 +258,8 @@ def _resume(path, runs: list[_Run]) -> tuple[list[ScoreResult], list[_Run]]:
     """The rows already in ``path`` (checked to be the first inputs, in order) and the runs left to score.
 
     A shard's samples are not listed before Ray reads them: its rows are recognised by the shard's
-    name, and the last shard begun is read again, skipping the keys already there.
+    name; when the file ends inside a run of shards, the last shard begun is read again, skipping the
+    keys already there, and when a later input's row follows, the run was finished.
     """
     rows = read_complete_rows(path, repair=True)
     at = 0  # rows matched so far
@@ -280,21 +278,27 @@ def _resume(path, runs: list[_Run]) -> tuple[list[ScoreResult], list[_Run]]:
                     shard, keys = found, set()
                 keys.add(rows[at]["path"][len(run.inputs[shard]) + 1:])
                 at += 1
-            left.append(replace(run, inputs=run.inputs[shard:], skip=frozenset(keys)))
+            if at == len(rows):  # the file ends in this run: its last shard may be unfinished
+                left.append(replace(run, inputs=run.inputs[shard:], skip=frozenset(keys)))
+            # else a later input's row follows: rows are written in input order, so these shards were finished
             continue
         # Files and tables: every row's name is known in advance.
-        names = _names(run)
         matched = 0
-        for name in names:
-            if at == len(rows) or rows[at]["path"] != name:
+        for name in _names(run):
+            if at == len(rows):
                 break
+            if rows[at]["path"] != name:
+                _not_next(path, at, rows)
             at, matched = at + 1, matched + 1
         left.extend(_rest(run, matched))
     if at < len(rows):
-        raise ValueError(f"{path}: row {at + 1} is {rows[at]['path']!r}, which is not the next input of this run: the "
-                         "inputs changed since the file was written; pass --overwrite to start again, or write to another "
-                         "file")
+        _not_next(path, at, rows)
     return [ScoreResult.from_row(row) for row in rows], left
+
+
+def _not_next(path, at: int, rows: list[dict]):
+    raise ValueError(f"{path}: row {at + 1} is {rows[at]['path']!r}, which is not the next input of this run: the "
+                     "inputs changed since the file was written; pass --overwrite to start again, or write to another file")
 
 
 def _names(run: _Run) -> Iterator[str]:
