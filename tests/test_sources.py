@@ -309,6 +309,16 @@ def test_a_hub_dataset_takes_the_saved_dataset_path_through_load_dataset(tmp_pat
         load_image(str(inputs[1]))  # as a plain string too
 
 
+def test_brace_patterns_expand_in_order_and_a_lone_brace_is_a_path(tmp_path):
+    for i in range(3):
+        (tmp_path / f"p{i}.jpg").write_bytes(_jpeg(i))
+    assert collect_inputs([str(tmp_path / "p{2,0}.jpg"), str(tmp_path / "p{0..1}.jpg")]) == [
+        str(tmp_path / n) for n in ("p2.jpg", "p0.jpg", "p0.jpg", "p1.jpg")]
+    assert collect_inputs([str(tmp_path / "odd{name.jpg")]) == [str(tmp_path / "odd{name.jpg")]
+    (tmp_path / "real{1..2}.jpg").write_bytes(_jpeg(0))  # an existing file is that file, braces or not
+    assert collect_inputs([str(tmp_path / "real{1..2}.jpg")]) == [str(tmp_path / "real{1..2}.jpg")]
+
+
 def test_a_missing_extra_is_named_in_one_line(tmp_path, monkeypatch):
     import sys
 

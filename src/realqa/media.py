@@ -118,7 +118,6 @@ def _sample_data(source: str | os.PathLike) -> bytes | str | os.PathLike:
                                  "--backend ray scores it as it is; list its samples with collect_inputs()")
     if not isinstance(source, str) or "#" not in source or os.path.lexists(source):
         return source
-
     ref = parse(source)
     return ref.read() if ref is not None else source
 
@@ -294,7 +293,11 @@ def _expand_braces(path: str) -> list[str]:
         return [path]
     from .compat import require
 
-    return list(require("braceexpand", what=f"{path}: a brace pattern").braceexpand(path))
+    braceexpand = require("braceexpand", what=f"{path}: a brace pattern")
+    try:
+        return list(braceexpand.braceexpand(path))
+    except braceexpand.UnbalancedBracesError:  # not a pattern: a (missing) file named with a brace, kept as given
+        return [path]
 
 
 def _extension(path: str) -> str:
