@@ -3,6 +3,7 @@ datasets. Every container is built here from small generated images, with broken
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import pickle
@@ -221,6 +222,12 @@ def test_not_a_shard_and_compressed_shards_are_refused_naming_the_file(tmp_path)
     with pytest.raises(MediaError, match="not a readable tar shard") as err:
         collect_inputs([fake])
     assert err.value.source == str(fake)
+    packed = tmp_path / "s.tar.gz"
+    _write_shard(tmp_path / "s.tar", [("k", {"jpg": _jpeg(0)})])
+    packed.write_bytes(gzip.compress((tmp_path / "s.tar").read_bytes()))
+    for unlisted in (False, True):
+        with pytest.raises(MediaError, match="compressed tar shards are not supported: decompress them to plain .tar"):
+            collect_inputs([packed], unlisted=unlisted)
 
 
 def test_column_detection_and_its_clear_errors(tmp_path):

@@ -37,6 +37,7 @@ __all__ = ["HUB_PREFIX", "SampleRef", "Unlisted", "collect", "container_kind", "
 TAR, PARQUET, DATASET = "tar", "parquet", "dataset"
 HUB_PREFIX = "hf://datasets/"  # a hub dataset, named as the Hugging Face file system names it
 TAR_EXTENSIONS = (".tar",)
+COMPRESSED_TAR_EXTENSIONS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")  # recognised, to be refused clearly
 PARQUET_EXTENSION = ".parquet"
 # Column names that hold image paths when the column is text (compared in lower case).
 PATH_COLUMN_NAMES = frozenset({"path", "image", "img", "file", "filename", "file_name", "filepath", "file_path",
@@ -113,7 +114,7 @@ def container_kind(path: str) -> str | None:
         return DATASET
     if os.path.isfile(path):
         lowered = path.lower()
-        if lowered.endswith(TAR_EXTENSIONS):
+        if lowered.endswith(TAR_EXTENSIONS + COMPRESSED_TAR_EXTENSIONS):
             return TAR
         if lowered.endswith(PARQUET_EXTENSION):
             return PARQUET
@@ -180,6 +181,9 @@ def collect(path: str, *, column: str | None = None, split: str | None = None, u
     column, an unknown split) raises :class:`MediaError` naming it and the problem.
     """
     kind = container_kind(path)
+    if kind == TAR and path.lower().endswith(COMPRESSED_TAR_EXTENSIONS):
+        # Samples are read in place, by offset: a compressed shard would be decompressed from its start for each.
+        raise MediaError(path, "compressed tar shards are not supported: decompress them to plain .tar")
     if kind == TAR:
         return [Unlisted(TAR, path, column)] if unlisted else _collect_tar(path, column)
     if kind == PARQUET:
@@ -216,10 +220,8 @@ def _tar_index(path: str, stamp: tuple[int, int]) -> _TarIndex:
     problem = None
     try:
         tar = tarfile.open(path, "r:")  # uncompressed: members are read in place, by offset
-    except tarfile.ReadError as err:
-        compressed = path.lower().endswith((".gz", ".tgz", ".bz2", ".xz", ".zst"))
-        hint = "; compressed shards are not supported, use plain .tar" if compressed else ""
-        raise MediaError(path, f"not a readable tar shard ({err}){hint}") from None
+    except tarfile.ReadError as err:  # e.g. a gzip-compressed shard named .tar
+        raise MediaError(path, f"not a readable tar shard ({err})") from None
     except OSError as err:
         raise MediaError(path, f"cannot read file ({err.strerror or err})") from None
     with tar:
