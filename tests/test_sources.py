@@ -155,6 +155,19 @@ def test_samples_decode_to_the_same_pixels_as_the_files_or_fail_naming_the_sampl
                 assert err.value.source == path and want in str(err.value), str(err.value)
 
 
+def test_a_shard_is_indexed_once_and_a_row_group_read_once_for_its_neighbouring_samples(tmp_path):
+    from realqa import sources
+
+    _write_shard(tmp_path / "s.tar", [(f"{i:03d}", {"jpg": _jpeg(i), "cls": b"1"}) for i in range(6)])
+    pq.write_table(pa.table({"jpg": [_jpeg(i) for i in range(6)]}), tmp_path / "t.parquet", row_group_size=2)
+    inputs = collect_inputs([tmp_path / "s.tar", tmp_path / "t.parquet"])
+    for cache in (sources._tar_index, sources._row_group):
+        cache.cache_clear()
+    assert [load_image(i).size for i in inputs] == [SIZES[i] for i in range(6)] * 2
+    assert sources._tar_index.cache_info().misses == 1  # one header scan for the six samples
+    assert sources._row_group.cache_info().misses == 3  # each row group of two rows decoded once
+
+
 def test_a_sample_identity_read_back_as_a_plain_string(containers):
     """An identity that travelled as a plain string (a manifest line, a Ray column) is read the same way."""
     _, expected = containers
