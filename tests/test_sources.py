@@ -216,17 +216,21 @@ def test_a_truncated_shard_keeps_the_samples_before_the_damage_and_says_where(tm
     whole = (tmp_path / "s.tar").read_bytes()
     with tarfile.open(tmp_path / "s.tar") as tar:
         third = tar.getmembers()[2]
-    cut = tmp_path / "cut.tar"
-    cut.write_bytes(whole[: third.offset_data + third.size // 2])  # inside the third member's data
-    inputs = collect_inputs([cut])
-    assert inputs[:3] == [f"{cut}#000", f"{cut}#001", f"{cut}#002"]
-    assert load_image(inputs[0]).size == SIZES[0]
-    with pytest.raises(MediaError, match="truncated"):
-        load_image(inputs[2])
-    if len(inputs) == 4:  # tarfile noticed the end of data while listing: the damage has a row of its own
-        assert inputs[3] == f"{cut}#"
-        with pytest.raises(MediaError, match="truncated or damaged after"):
-            load_image(inputs[3])
+    assert collect_inputs([tmp_path / "s.tar"]) == [f"{tmp_path}/s.tar#{i:03d}" for i in range(4)]  # whole: no extra row
+    for cut, lost in ((third.offset_data + third.size // 2, "unexpected end of data"),  # inside a member's data
+                      (third.offset + 100, "no end-of-archive marker"),  # inside its header
+                      (third.offset, "no end-of-archive marker")):  # between two members
+        shard = tmp_path / f"cut{cut}.tar"
+        shard.write_bytes(whole[:cut])
+        inputs = collect_inputs([shard])
+        listed = [f"{shard}#000", f"{shard}#001"] + ([f"{shard}#002"] if cut > third.offset_data else [])
+        assert inputs == listed + [f"{shard}#"]  # the damage has a row of its own, after the samples it kept
+        assert load_image(inputs[0]).size == SIZES[0]
+        if cut > third.offset_data:
+            with pytest.raises(MediaError, match="truncated"):
+                load_image(inputs[2])
+        with pytest.raises(MediaError, match=f"tar shard is truncated.* after {len(listed)} sample.*{lost}"):
+            load_image(inputs[-1])
 
 
 def test_not_a_shard_and_compressed_shards_are_refused_naming_the_file(tmp_path):

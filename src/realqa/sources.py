@@ -237,6 +237,13 @@ def _tar_index(path: str, stamp: tuple[int, int]) -> _TarIndex:
                 samples.setdefault(key, {})[extension.lower()] = (member.offset_data, member.size)
         except (tarfile.TarError, OSError, EOFError) as err:
             problem = f"tar shard is truncated or damaged after {len(samples)} sample(s) ({err})"
+        else:
+            # tarfile takes a shard cut at (or inside) a member's header for a shorter shard; a whole one
+            # ends with two zero blocks, the end-of-archive marker.
+            tar.fileobj.seek(tar.offset)
+            if tar.fileobj.read(2 * tarfile.BLOCKSIZE).strip(b"\0") or tar.fileobj.tell() < tar.offset + 2 * tarfile.BLOCKSIZE:
+                problem = (f"tar shard is truncated after {len(samples)} sample(s) (no end-of-archive marker at byte "
+                           f"{tar.offset}); its last sample may lack members")
     return _TarIndex(samples, problem)
 
 
