@@ -2,13 +2,16 @@
 
 import json
 import shutil
+import tarfile
 
 import pytest
 
 from realqa.cli import main
+from realqa.models import demo_model_path
 from realqa.results import journal_path, read_results
 from test_distributed import _same
 from test_resume import write_images
+from test_sources import write_containers
 
 ray = pytest.importorskip("ray")
 
@@ -53,3 +56,68 @@ def test_ray_backend_refuses_torchrun(tiny_model_dir, tmp_path, monkeypatch, cap
     assert main(["score", *images, "--model", str(tiny_model_dir), "--out", str(tmp_path / "o.csv"),
                  "--backend", "ray"]) == 2
     assert "not under torchrun" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a local Ray cluster and its actors, two runs of three Ray Data pipelines each
+def test_ray_reads_shards_and_tables_itself_in_input_order_and_resumes(tmp_path, ray_cluster, capsys):
+    """Tar shards and Parquet tables go to Ray Data's readers (the command line does not list them); the rows,
+    broken samples included, are those of a one-process run, in the same order, and a killed run resumes
+    from inside a shard and from inside a table."""
+    inputs = list(write_containers(tmp_path)[1])  # two shards (a brace pattern), a table of bytes, a table of paths, a saved dataset
+    # and a shard cut off inside its second sample: Ray Data's reader fails on it, realqa lists it and goes on
+    whole = (tmp_path / "shard-000.tar").read_bytes()
+    with tarfile.open(tmp_path / "shard-000.tar") as tar:
+        second = [m for m in tar.getmembers() if m.name.startswith("a/001")][0]
+    (tmp_path / "cut.tar").write_bytes(whole[: second.offset_data + second.size // 2])
+    inputs.append(str(tmp_path / "cut.tar"))
+    # The demo model: its scores differ from image to image, so a row given another sample's image would show.
+    args = ["score", *inputs, "--model", str(demo_model_path()), "--device", "cpu", "--quiet", "--batch-size", "2"]
+    local = tmp_path / "local.jsonl"
+    assert main([*args, "--out", str(local)]) == 0
+    want = [json.loads(line) for line in local.read_text().splitlines()]
+    assert want[15]["path"].endswith("cut.tar#a/000") and want[15]["status"] != "error"
+    assert all(r["status"] == "error" for r in want[16:]) and "truncated" in want[16]["error"]
+
+    ray_args = [*args, "--backend", "ray", "--ray-actors", "1", "--ray-batch-size", "3"]
+    out = tmp_path / "ray.jsonl"
+    shutil.copy(local.with_name(local.name + ".run.json"), out.with_name(out.name + ".run.json"))
+    for kept in (3, 7):  # killed inside the second shard (the rest read by Ray); inside the table of bytes
+        out.write_text("".join(line + "\n" for line in local.read_text().splitlines()[:kept]))
+        capsys.readouterr()
+        assert main([*ray_args, "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert f"{kept} inputs were already scored" in err and "Ray Data could not read the tar shards" in err
+        _same([json.loads(line) for line in out.read_text().splitlines()], want)
+
+
+def test_resume_recognises_shard_rows_by_key_and_table_rows_by_index(tmp_path):
+    """What a rerun reads again after a kill, decided from --out alone (no Ray, no shard listed)."""
+    from realqa.ray_backend import FILES, _resume, _runs
+    from realqa.results import ScoreResult
+    from realqa.sources import SampleRef, Unlisted
+
+    inputs = ["a.jpg", Unlisted("tar", "s0.tar"), Unlisted("tar", "s1.tar"), Unlisted("parquet", "t.parquet", "jpg", 3),
+              "b.jpg"]
+    out = tmp_path / "out.jsonl"
+
+    def left_after(*paths):
+        out.write_text("".join(json.dumps(ScoreResult.failed(p, "quality", "x").to_row()) + "\n" for p in paths))
+        done, left = _resume(out, _runs(inputs))
+        assert [r.path for r in done] == list(paths)
+        return [(run.kind, [str(i) for i in run.inputs], sorted(run.skip)) for run in left]
+
+    every = [("files", ["a.jpg"], []), ("tar", ["s0.tar", "s1.tar"], []), ("parquet", ["t.parquet"], []),
+             ("files", ["b.jpg"], [])]
+    assert left_after() == every
+    assert left_after("a.jpg") == every[1:]
+    # killed inside the second shard: it is read again without the keys already written
+    assert left_after("a.jpg", "s0.tar#k1", "s0.tar#k2", "s1.tar#k1") == [("tar", ["s1.tar"], ["k1"]), *every[2:]]
+    # killed inside the table: its other rows by name (each actor reads them), then the rest
+    assert left_after("a.jpg", "s0.tar#k1", "s1.tar#k1", "t.parquet#0") == [
+        (FILES, ["t.parquet#1", "t.parquet#2"], []), every[3]]
+    begun = _resume(out, _runs(inputs))[1][0].inputs[0]
+    assert isinstance(begun, SampleRef) and begun.column == "jpg"
+    assert left_after("a.jpg", "s0.tar#k1", "t.parquet#0", "t.parquet#1", "t.parquet#2", "b.jpg") == []
+    for wrong in (["b.jpg"], ["a.jpg", "t.parquet#1"], ["a.jpg", "s1.tar#k", "s0.tar#k"]):
+        with pytest.raises(ValueError, match="is not the next input of this run"):
+            left_after(*wrong)

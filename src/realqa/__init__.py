@@ -9,6 +9,7 @@
 
 from .conversations import read_conversations
 from .engine import Scorer, load_scorer
+from .media import collect_inputs
 from .metric import Metric, create_metric, list_models, register_model
 from .metrics import Evaluation, evaluate, krcc, plcc, plcc_logistic, rmse, srcc
 from .results import ScoreResult
@@ -23,6 +24,7 @@ __all__ = [
     "Scorer",
     "Task",
     "create_metric",
+    "collect_inputs",
     "evaluate",
     "krcc",
     "list_models",

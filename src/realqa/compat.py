@@ -28,6 +28,8 @@ EXTRAS = {
     "av": "video",
     "matplotlib": "report",
     "pyarrow": "parquet",
+    "datasets": "datasets",
+    "braceexpand": "webdataset",
     "ray": "ray",
     "fastapi": "serve",
     "uvicorn": "serve",

@@ -155,6 +155,9 @@ class ScoreJob:
     backend: str = "local"
     ray: RayOptions = field(default_factory=RayOptions)
     progress: bool = True
+    # How containers were read (--image-column, --split): another column is other images under the same row names.
+    image_column: str | None = None
+    split: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -179,9 +182,10 @@ class ScoreJob:
 
     def settings(self) -> dict:
         """What decides a row's content (batch size, workers, device and backend change only the speed)."""
+        sources = {name: getattr(self, name) for name in ("image_column", "split") if getattr(self, name) is not None}
         return {**self.model.identity(), "task": self.ask.task, "decimals": self.ask.decimals,
                 "attributes": self.ask.attributes, "cot": self.ask.cot, "video_mode": self.video.mode,
-                "frames": self.video.frames, "fps": self.video.fps}
+                "frames": self.video.frames, "fps": self.video.fps, **sources}
 
 
 def iter_rows(scorer, job: ScoreJob, inputs: Sequence[str], *, on_video: Callable | None = None,

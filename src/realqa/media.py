@@ -2,8 +2,10 @@
 
 ``load_image`` opens one image defensively (missing, empty, corrupt, oversized
 and exotic-mode files all end in a ``MediaError`` that names the input), and
-``collect_inputs`` expands command-line arguments (files, folders, manifests)
-into the ordered list of inputs to score.
+``collect_inputs`` expands command-line arguments (files, folders, manifests,
+and containers: tar shards, Parquet tables, Hugging Face datasets) into the
+ordered list of inputs to score. A sample inside a container is listed and read
+by :mod:`realqa.sources`, which these two call for such inputs.
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ def load_image(
     if isinstance(source, Image.Image):
         return _prepare(source, label or "<image>", max_pixels, prepare)
     name = label or os.fsdecode(source)
+    source = _sample_data(source)
+    if isinstance(source, bytes):  # a sample inside a container (realqa.sources)
+        with _pil_errors(name):
+            img = Image.open(io.BytesIO(source))
+        return _prepare(img, name, max_pixels, prepare)
     _check_file(source, name)
     try:
         fp = open(source, "rb")
@@ -98,6 +105,21 @@ def load_image(
         with _pil_errors(name):
             img = Image.open(fp)
         return _prepare(img, name, max_pixels, prepare)
+
+
+def _sample_data(source: str | os.PathLike) -> bytes | str | os.PathLike:
+    """A sample inside a container (``shard.tar#key``, ``table.parquet#12``, ...: :mod:`realqa.sources`)
+    -> its bytes or its image file's path; any other source as it is. A file that exists under such a
+    name is that file."""
+    from .sources import Unlisted, parse
+
+    if isinstance(source, Unlisted):
+        raise MediaError(source, "a whole tar shard or Parquet table, left unlisted for Ray Data's readers: only "
+                                 "--backend ray scores it as it is; list its samples with collect_inputs()")
+    if not isinstance(source, str) or "#" not in source or os.path.lexists(source):
+        return source
+    ref = parse(source)
+    return ref.read() if ref is not None else source
 
 
 def _check_file(path: str | os.PathLike, name: str) -> None:
@@ -218,10 +240,21 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(scaled)
 
 
-def collect_inputs(paths: Iterable[str | os.PathLike], *, recursive: bool = True) -> list[str]:
+def collect_inputs(paths: Iterable[str | os.PathLike], *, recursive: bool = True, image_column: str | None = None,
+                   split: str | None = None, unlisted: bool = False) -> list[str]:
     """Expand CLI arguments into the ordered list of inputs to score.
 
-    For each argument, in order:
+    An argument that names no existing path and holds a brace pattern (``shard-{000..127}.tar``)
+    stands for its expansions, in order. For each argument, in order:
+
+    - a WebDataset tar shard, a Parquet file or a folder of only Parquet files, a folder written by
+      a Hugging Face dataset's ``save_to_disk``, or a hub dataset ``hf://datasets/owner/name``
+      gives one input per sample, in container order, each named by a stable identity such as
+      ``shard.tar#key`` or ``table.parquet#12`` (see :mod:`realqa.sources`; ``image_column`` names the
+      column, or a tar sample's member extension, where detection is ambiguous; ``split`` a dataset's
+      split); where the container holds image paths instead of bytes, those paths are the inputs;
+      with ``unlisted``, a tar shard or a Parquet file of image bytes stays one input
+      (:class:`realqa.sources.Unlisted`), for Ray Data's readers to list on the cluster;
 
     - a directory gives every file under it (recursively unless
       ``recursive=False``), whatever its extension, sorted by relative path:
@@ -237,16 +270,34 @@ def collect_inputs(paths: Iterable[str | os.PathLike], *, recursive: bool = True
       as given, so the scorer reports it as one error row instead of the
       input vanishing silently.
     """
+    from .sources import collect, container_kind
+
     inputs: list[str] = []
     for arg in paths:
-        path = os.fsdecode(arg)
-        if os.path.isdir(path):
-            inputs.extend(_scan_directory(path, recursive))
-        elif os.path.isfile(path) and _extension(path) in MANIFEST_EXTENSIONS:
-            inputs.extend(_read_manifest(path))
-        else:
-            inputs.append(path)
+        for path in _expand_braces(os.fsdecode(arg)):
+            if container_kind(path) is not None:
+                inputs.extend(collect(path, column=image_column, split=split, unlisted=unlisted))
+            elif os.path.isdir(path):
+                inputs.extend(_scan_directory(path, recursive))
+            elif os.path.isfile(path) and _extension(path) in MANIFEST_EXTENSIONS:
+                inputs.extend(_read_manifest(path))
+            else:
+                inputs.append(path)
     return inputs
+
+
+def _expand_braces(path: str) -> list[str]:
+    """``shard-{000..127}.tar`` -> its expansions in order (the ``braceexpand`` package, as WebDataset
+    itself uses); an existing path or one without braces as it is."""
+    if "{" not in path or os.path.lexists(path):
+        return [path]
+    from .compat import require
+
+    braceexpand = require("braceexpand", what=f"{path}: a brace pattern")
+    try:
+        return list(braceexpand.braceexpand(path))
+    except braceexpand.UnbalancedBracesError:  # not a pattern: a (missing) file named with a brace, kept as given
+        return [path]
 
 
 def _extension(path: str) -> str:

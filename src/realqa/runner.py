@@ -52,19 +52,18 @@ def run(job: ScoreJob, *, log: Callable[[str], None]) -> list[ScoreResult] | Non
 def _score_here(job: ScoreJob, output: ResumableOutput | None, log: Callable[[str], None]) -> list[ScoreResult]:
     """This process (or the Ray driver): the rows already in ``output`` reused, the others scored."""
     inputs = list(job.inputs)
-    done = []
     if output is not None:
         if job.overwrite:
             output.remove()
             _frames_file(output.path).unlink(missing_ok=True)
         output.check()
-        done = output.completed(inputs)
-        if done:
-            log(f"resuming {job.out}: {len(done)} of {len(inputs)} inputs were already scored")
-    if job.backend == "ray":
+    if job.backend == "ray":  # it matches the rows in output itself: tar shards are listed on the cluster, not here
         from .ray_backend import score_with_ray
 
-        return done + score_with_ray(job, done, output, log=log)
+        return score_with_ray(job, output, log=log)
+    done = output.completed(inputs) if output is not None else []
+    if done:
+        log(f"resuming {job.out}: {len(done)} of {len(inputs)} inputs were already scored")
     return done + _score_rows(job, inputs[len(done):], done, output)
 
 

@@ -60,6 +60,16 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
         compile=getattr(args, "compile", False), compile_vision=getattr(args, "compile_vision", False))
 
 
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--image-column`` and ``--split``: where the images are in Parquet tables, tar shards and datasets."""
+    group = parser.add_argument_group("tables, shards and datasets")
+    group.add_argument("--image-column",
+                       help="the column of image bytes or paths in Parquet tables and Hugging Face datasets, or the "
+                            "member extension in WebDataset shards (e.g. jpg) (default: the one image column, or the one "
+                            "path column; the one image member)")
+    group.add_argument("--split", help="the split of a Hugging Face dataset (default: its only split)")
+
+
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     """``--video-mode``, ``--frames``, ``--fps``: how video files are sampled and scored."""
     from ..video import MODES

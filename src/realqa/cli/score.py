@@ -9,6 +9,7 @@ from ..job import ScoreJob, TaskOptions
 from .options import (
     add_backend_arguments,
     add_model_arguments,
+    add_source_arguments,
     add_video_arguments,
     model_options,
     ray_options,
@@ -18,7 +19,10 @@ from .options import (
 
 def add_command(commands) -> None:
     score = commands.add_parser("score", help="score images, folders or manifests")
-    score.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or manifests (.txt/.csv/.jsonl)")
+    score.add_argument("paths", nargs="+", help="image files, folders (searched recursively), manifests (.txt/.csv/.jsonl), "
+                       "WebDataset tar shards (brace patterns: shard-{000..127}.tar), Parquet files or folders, saved "
+                       "Hugging Face datasets (save_to_disk folders) or hub datasets (hf://datasets/owner/name)")
+    add_source_arguments(score)
     score.add_argument("--task", default="quality", help="task to score (default: quality)")
     score.add_argument("--decimals", type=int, help="decimals in the answer (default: the model card's)")
     score.add_argument("--attributes", action="store_true",
@@ -40,7 +44,7 @@ def score_job(args, inputs) -> ScoreJob:
     return ScoreJob(inputs, model=model_options(args),
                     ask=TaskOptions(task=args.task, decimals=args.decimals, attributes=args.attributes, cot=args.cot),
                     video=video_options(args), out=args.out, overwrite=args.overwrite, backend=args.backend,
-                    ray=ray_options(args), progress=not args.quiet)
+                    ray=ray_options(args), progress=not args.quiet, image_column=args.image_column, split=args.split)
 
 
 def _score(args) -> int:
@@ -56,7 +60,8 @@ def _score(args) -> int:
                          "prediction row each); `realqa data card FILE --out DIR` then `--card DIR` asks its question "
                          "of any images")
     job = score_job(args, ())  # the flags first: a bad value is refused before the folders are even read
-    inputs = collect_inputs(args.paths)
+    # With Ray, tar shards and Parquet tables stay whole: Ray Data's readers list them on the cluster.
+    inputs = collect_inputs(args.paths, image_column=args.image_column, split=args.split, unlisted=args.backend == "ray")
     if not inputs:
         raise ValueError("no inputs found in " + ", ".join(args.paths))
     results = run(replace(job, inputs=tuple(inputs)), log=lambda message: print(message, file=sys.stderr))
