@@ -55,6 +55,16 @@ def test_commands_name_their_missing_extra_in_one_line(monkeypatch, tmp_path, ca
                                                "pip install 'realqa[report]'")
     assert not (tmp_path / "r.html").exists()
 
+    (tmp_path / "clip.mp4").write_bytes(b"\0" * 64)
+    monkeypatch.setitem(sys.modules, "av", None)
+    assert main(["score", str(tmp_path / "clip.mp4"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "realqa score: error: decoding video needs the 'video' extra: pip install 'realqa[video]'")
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(["score", str(tmp_path / "clip.mp4"), "--quiet", "--backend", "ray"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "realqa score: error: --backend ray needs the 'ray' extra: pip install 'realqa[ray]'")
+
 
 def test_every_extra_named_exists_in_pyproject():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+

@@ -87,6 +87,31 @@ def test_a_video_row_shows_its_middle_frame(tmp_path):
     assert thumb.size == (64, 48) and abs(np.asarray(thumb).mean() - 200) < 5
 
 
+def test_a_sample_inside_a_shard_or_table_shows_its_image(tmp_path):
+    import tarfile
+
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    def jpeg(level):
+        buffer = io.BytesIO()
+        Image.new("RGB", (40, 30), (level, level, level)).save(buffer, "JPEG", quality=95)
+        return buffer.getvalue()
+
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        info = tarfile.TarInfo("k1.jpg")
+        info.size = len(data := jpeg(60))
+        tar.addfile(info, io.BytesIO(data))
+    pq.write_table(pa.table({"jpg": [jpeg(10), jpeg(220)]}), tmp_path / "t.parquet")
+    (tmp_path / "s.csv").write_text("path,score,status\nshard.tar#k1,3.0,ok\nt.parquet#1,2.0,ok\nt.parquet#5,1.0,ok\n",
+                                    encoding="utf-8")
+    page = build_report(tmp_path / "s.csv", tmp_path / "r.html").html.read_text(encoding="utf-8")
+    uris = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
+    levels = [round(float(np.asarray(Image.open(io.BytesIO(base64.b64decode(u)))).mean())) for u in uris]
+    assert len(levels) == 2 and abs(levels[0] - 60) < 4 and abs(levels[1] - 220) < 4  # ranked: shard, then row 1
+    assert "no preview" in page  # row 5 of a 2-row table: no thumbnail, and the page says why
+
+
 def test_attributes_are_columns_nested_or_flat(tmp_path):
     nested = {"path": "a.png", "score": 3.1, "status": "ok",
               "attributes": {"clarity": {"value": "good", "status": "ok", "text": "good"},

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .compat import require
+
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -448,7 +450,7 @@ def sample_frames(
     without a video stream or decodable frame, and frames larger than ``max_pixels``. A clip shorter
     than its header claims gives the frames it has (later samples repeat the last frame shown).
     """
-    import av
+    av = require("av", "video", "decoding video")
 
     name = os.fsdecode(path)
     _check_file(path, name)

@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
+from .compat import require
 from .job import ScoreJob, iter_rows
 from .results import ResumableOutput, ScoreResult, read_complete_rows
 from .sources import PARQUET, TAR, SampleRef, Unlisted, collect, parse
@@ -113,10 +114,7 @@ def _members(block):
 def score_with_ray(job: ScoreJob, output: ResumableOutput | None, *, log: Callable[[str], None]) -> list[ScoreResult]:
     """Every input's rows, in input order: those already in ``output`` (matched here), then the others scored
     on Ray and appended to ``output`` as they come."""
-    try:
-        import ray
-    except ImportError:
-        raise ValueError("--backend ray needs Ray Data: pip install 'realqa[ray]'") from None
+    ray = require("ray", "ray", "--backend ray")
     from .media import is_video
 
     runs = _runs(job.inputs)

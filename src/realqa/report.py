@@ -181,12 +181,17 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def thumbnail_uri(path: str, roots: Sequence[Path], size: int = DEFAULT_THUMB_SIZE) -> tuple[str | None, str]:
     """(data URI of a JPEG thumbnail, or None; why there is none). Videos show their middle frame."""
     from .media import FrameSampling, is_video, sample_frames
+    from .sources import parse
 
     found = next((root / path for root in roots if (root / path).is_file()), None)
-    if found is None:
+    # A sample inside a tar shard, a Parquet table or a dataset (``shard.tar#key``): read through its container.
+    sample = None if found is not None else next((parse(str(root / path)) for root in roots if parse(str(root / path))), None)
+    if found is None and sample is None:
         return None, "image not found"
     try:
-        if is_video(found):
+        if sample is not None:
+            picture = load_image(sample, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
+        elif is_video(found):
             picture = sample_frames(found, FrameSampling(frames=1))[0][0].image
         else:
             with Image.open(found) as opened:
