@@ -119,13 +119,15 @@ def score_with_ray(job: ScoreJob, output: ResumableOutput | None, *, log: Callab
 
     runs = _runs(job.inputs)
     done: list[ScoreResult] = []
-    if output is not None and output.path.exists():
+    if output is not None and output.exists():  # (a Parquet output: its journal, while there is one)
         counts = [r.rows for r in runs]
         done, runs = _resume(output.path, runs)
         if done:  # the total is unknown while a shard's samples are not listed
             total = "" if None in counts else f" of {sum(counts)}"
             log(f"resuming {job.out}: {len(done)}{total} inputs were already scored")
     if not runs:
+        if output is not None:
+            output.finish()
         return done
     names = job.check()
     started_here = not ray.is_initialized()

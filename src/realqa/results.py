@@ -563,9 +563,15 @@ class ResumableOutput:
                 raise ValueError(f"{self.path}: row {number} is {result.path!r} but input {number} is {expected!r}: "
                                  "the inputs changed since the file was written; pass --overwrite to start again, "
                                  "or write to another file")
-        if len(results) == len(inputs) and _is_parquet(self.path) and journal_path(self.path).exists():
-            _finish_parquet(self.path)  # killed after its last row but before writing the file: nothing else will
+        if len(results) == len(inputs):
+            self.finish()
         return results
+
+    def finish(self) -> None:
+        """Every row is in: write a Parquet file its journal still holds (a run killed after its last row but
+        before writing the file leaves that; nothing else will). Other formats are complete as they are."""
+        if _is_parquet(self.path) and journal_path(self.path).exists():
+            _finish_parquet(self.path)
 
     def begin(self) -> None:
         """Create the (empty) file and its run file, unless they exist."""
