@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .compat import require
+from .formats import IMAGE_EXTENSIONS, MANIFEST_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
+from .sources import Unlisted, collect, container_kind, parse  # samples inside tar shards, tables, datasets
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
@@ -43,32 +45,10 @@ __all__ = [
 
 DEFAULT_MAX_IMAGE_PIXELS: int = 64_000_000  # decompression-bomb guard (about 8000x8000)
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {
-        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib",
-        ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".pnm",
-        ".tga", ".ico", ".jp2", ".j2k", ".jpx", ".pcx", ".sgi", ".qoi",
-    }
-)
-
-MANIFEST_EXTENSIONS: frozenset[str] = frozenset({".txt", ".lst", ".csv", ".jsonl"})
 _MANIFEST_KEYS = ("path", "image")  # in order of preference
 
 _WHITE = (255, 255, 255, 255)
 _INT32_MAX = 2**31 - 1
-
-
-class MediaError(ValueError):
-    """An input that cannot be used; ``str(err)`` is ``"<source>: <problem>"``."""
-
-    def __init__(self, source: str, problem: str) -> None:
-        # Both parts go into args so the error survives pickling (worker processes).
-        super().__init__(source, problem)
-        self.source = source
-        self.problem = problem
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.problem}"
 
 
 def load_image(
@@ -113,8 +93,6 @@ def _sample_data(source: str | os.PathLike) -> bytes | str | os.PathLike:
     """A sample inside a container (``shard.tar#key``, ``table.parquet#12``, ...: :mod:`realqa.sources`)
     -> its bytes or its image file's path; any other source as it is. A file that exists under such a
     name is that file."""
-    from .sources import Unlisted, parse
-
     if isinstance(source, Unlisted):
         raise MediaError(source, "a whole tar shard or Parquet table, left unlisted for Ray Data's readers: only "
                                  "--backend ray scores it as it is; list its samples with collect_inputs()")
@@ -272,8 +250,6 @@ def collect_inputs(paths: Iterable[str | os.PathLike], *, recursive: bool = True
       as given, so the scorer reports it as one error row instead of the
       input vanishing silently.
     """
-    from .sources import collect, container_kind
-
     inputs: list[str] = []
     for arg in paths:
         for path in _expand_braces(os.fsdecode(arg)):
@@ -293,8 +269,6 @@ def _expand_braces(path: str) -> list[str]:
     itself uses); an existing path or one without braces as it is."""
     if "{" not in path or os.path.lexists(path):
         return [path]
-    from .compat import require
-
     braceexpand = require("braceexpand", what=f"{path}: a brace pattern")
     try:
         return list(braceexpand.braceexpand(path))
@@ -390,10 +364,6 @@ def _jsonl_entries(manifest: str, text: str) -> list[str]:
 # Frames are decoded one at a time and only the sampled ones are kept, so memory holds at most the
 # sampled frames whatever the clip's length; far-apart samples are reached by seeking, not decoding.
 
-VIDEO_EXTENSIONS: frozenset[str] = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
-     ".wmv", ".flv", ".3gp", ".ogv", ".y4m", ".yuv"}
-)
 SEEK_GAP_SECONDS = 4.0  # beyond this distance to the next sample, seeking beats decoding every frame
 
 

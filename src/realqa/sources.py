@@ -30,7 +30,7 @@ import tarfile
 from typing import Any
 
 from .compat import require
-from .media import IMAGE_EXTENSIONS, MediaError
+from .formats import IMAGE_EXTENSIONS, MediaError
 
 __all__ = ["HUB_PREFIX", "SampleRef", "Unlisted", "collect", "container_kind", "parse"]
 
