@@ -48,7 +48,7 @@ PREPROCESSING = "fragments"  # the scoring input: a 448 x 224 canvas, global vie
 MIN_PIXELS = MAX_PIXELS = FRAGMENT_CANVAS[0] * FRAGMENT_CANVAS[1]  # the processor keeps the canvas as it is
 TOKENS = MAX_PIXELS // (28 * 28)  # 128 visual tokens per image (after the 2x2 merge)
 ATTRIBUTES = {"exposure": 0.2, "clarity": 0.2, "saturation": 0.2, "level_shot": 0.2}  # attribute questions trained, with weights
-RECIPE = {"finetuning": "full", "learning_rate": 3e-4, "epochs": 100, "max_steps": 1200, "per_device_batch_size": 16,
+RECIPE = {"finetuning": "full", "learning_rate": 3e-4, "epochs": 100, "max_steps": 600, "per_device_batch_size": 16,
           "gradient_accumulation_steps": 1, "lr_scheduler": "cosine", "warmup_ratio": 0.05, "weight_decay": 0.01,
           "ncm_loss_weight": 0.25, "gradient_checkpointing": False, "decimals": 2}
 CANNOT_JUDGE = [

@@ -179,6 +179,9 @@ def test_cli_synth(photos, tmp_path, capsys):
     assert code == 0
     assert "test.jsonl" in capsys.readouterr().out
     assert len(read_manifest(tmp_path / "s" / "test.jsonl")) == 2 * 3  # 2 photos x (clean + 2 levels)
+    code = main(["data", "synth", "--photos", str(photos), "--out", str(tmp_path / "v"), "--types", "noise",
+                 "--levels", "1", "--views", "1", "--preprocessing", "fragments"])
+    assert code == 0 and "SSIM" in json.loads((tmp_path / "v" / "synth.json").read_text())["formula"]
 
 
 def test_working_size_shrinks_to_the_budget_on_the_28_px_grid_and_never_enlarges():
