@@ -30,17 +30,20 @@ optional random pairs of types. The test split holds the whole test photos with 
 Photos are split by a seeded shuffle of their names (:func:`realqa.data.splits.random_split`), so
 no photo's content is in both splits.
 
-Visibility labels (``preprocessing``, e.g. ``fragments``, the demo model's): every view is
+Visibility labels (``preprocessing``, e.g. ``fragments``, the demo recipe of issue 17): every view is
 distorted at its own resolution (spatial parameters scaled by the source photo's long side, up to
 1024 px, not the crop's), as photos arrive, and then taken through the named preprocessing profile
 (:mod:`realqa.preprocessing`), exactly as ``realqa score`` will take it; the stored image is that
 profile output (PNG, lossless), so training sees what scoring sees. The quality label is then the
 visibility of the damage to the model: the structural similarity (SSIM, scikit-image, on luma, the
 Gaussian 11-tap window of Wang et al. 2004) between the clean and the distorted view, both through
-the profile, mapped by the monotone rule
-VISIBILITY_RULE (below): with d = 1 - SSIM, 5.00 up to d = 0.003 (invisible), 1.00 from d = 0.6 on,
-log-linear in d between (SSIM crowds near 1 for moderate damage), so a distortion the model's input
-does not show costs nothing, and one it shows costs in proportion.
+the profile, mapped by the monotone rule ``VISIBILITY_RULE`` (below)
+
+    quality = 5 - 4 * clip(ln(d / 0.003) / ln(0.6 / 0.003), 0, 1),  d = 1 - SSIM
+
+(5.00 up to d = 0.003, invisible; 1.00 from d = 0.6 on; log-linear between, since SSIM crowds near 1
+for moderate damage), so a distortion the model's input does not show costs nothing, and one it shows
+costs in proportion.
 Tilt and saturation shifts are attribute labels only (``level_shot``, ``saturation``): they are applied
 to the reference too, so they cost no quality. A photo meant to be dark stays a 5.00 when clean.
 
