@@ -1,7 +1,7 @@
 """References for the demo model's held-out figures: a classical baseline and what the split allows.
 
 1. A classical no-reference baseline: hand-made image statistics and a ridge regression, trained on
-   the same synthetic train split (the same 18 photos) and scored on the same held-out images. The
+   the same synthetic train split (the same photos, same labels) and scored on the same held-out images. The
    statistics are the usual ones of no-reference IQA, written out here with numpy/scipy:
 
    - natural-scene statistics in the manner of BRISQUE (Mittal, Moorthy and Bovik, 2012), as moments

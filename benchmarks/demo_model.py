@@ -3,6 +3,11 @@ greedy score vs NCM expected value, and scoring throughput against a naive gener
 
     OMP_NUM_THREADS=1 python benchmarks/demo_model.py [--photos ../shared/data/photos] [--ablation] [--references]
 
+0. Strengths (the issue's test): each held-out photo (the card's held-out sources that are photos,
+   1024 px wide), blurred, JPEG-compressed and noised at four increasing strengths at full resolution
+   with PIL/numpy (not the synthetic set's code), scored as files the way ``realqa score`` scores
+   them; Spearman's correlation of strength and score per (photo, distortion), mean over photos, for
+   the greedy score and the NCM value apart (-1: the score falls at every step).
 1. Held-out accuracy: the synthetic test split (the held-out photos named in the model card,
    regenerated with the card's settings, or ``--synth DIR``) scored through ``load_scorer`` +
    ``Scorer.score``; SRCC/PLCC of the greedy score and of the NCM value, overall and per distortion
@@ -10,8 +15,9 @@ greedy score vs NCM expected value, and scoring throughput against a naive gener
 2. Throughput: the photos with a 1024 px long side, scored end to end (JPEG decoding, preprocessing,
    model) by the scorer (batched, forced answer prefix) and by a naive loop (one ``model.generate``
    per image, from the bare question, until the end of the answer), on the same images in the same run.
-3. ``--ablation``: the training recipe rerun at 0 and 1 decimals (about as long as the demo model's
-   own training, each), against the bundled 2-decimal model; uses ``--work`` of the training script.
+3. ``--ablation``: the training recipe at 0, 1 and 2 decimals, each at ``--ablation-seeds`` seeds and a
+   shorter schedule (``--ablation-steps``), mean and spread over seeds, greedy and NCM apart; uses
+   ``--work`` of the training script (its synthetic train split).
 4. ``--references``: on the same held-out images, a classical baseline (image statistics + ridge,
    trained on the model's own train split, also on fewer of its photos) and the SRCC ceiling of a
    predictor blind to some distortion types (see ``classical_baseline.py``).
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import statistics
 import sys
@@ -51,17 +58,20 @@ def training_script():
 # ---------------------------------------------------------------- held-out accuracy
 
 
-def synth_split(card, photos: str, work: Path, synth: str | None, split: str = "test"):
+def synth_split(card, photos: str, videos: str, work: Path, synth: str | None, split: str = "test"):
     """A split of the model's synthetic set: from ``synth``, or regenerated (that split only) with the
-    card's synth settings; the photos are checked against the card's held-out photos."""
+    card's synth settings from the same sources as the training script's; the photos are checked
+    against the card's held-out photos."""
     if synth:
         return read_manifest(Path(synth) / f"{split}.jsonl")
     from realqa.data.synth import synthesize
 
     settings = card.extra["synth_settings"]
     folder = work / f"synth-{split}"
+    sources = training_script().gather_sources(Path(photos), Path(videos) if videos else None,
+                                               card.extra.get("frames_per_video", 0), work / "bench-sources")
     # The card records synthesize()'s own settings: pass them all, so a new setting cannot be forgotten here.
-    _, paths = synthesize(photos, folder, **{**settings, "splits": [split]}, workers=2)
+    _, paths = synthesize(sources, folder, **{**settings, "splits": [split]}, workers=2)
     dataset = read_manifest(paths[split])
     held_out = set(card.extra.get("held_out_photos") or ())
     found = {s.info["photo"] for s in dataset.samples}
@@ -137,6 +147,82 @@ def print_attributes(rows: list[dict]) -> None:
               f"{r['macro_f1']:.3f} | {r['majority']:.3f} |")
 
 
+# ---------------------------------------------------------------- strengths at full resolution
+
+
+def _blur(image, sigma):
+    from PIL import ImageFilter
+
+    return image.filter(ImageFilter.GaussianBlur(sigma))
+
+
+def _jpeg(image, quality):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)  # PIL's default 4:2:0 chroma subsampling
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def _noise(image, sigma):
+    from PIL import Image
+
+    rng = np.random.default_rng(int(sigma))  # white Gaussian noise per pixel and channel, 8-bit levels
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, sigma, (image.height, image.width, 3))
+    return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
+
+
+# (distortion, unit, four increasing strengths, function(image, strength) -> image)
+STRENGTHS = (("blur", "Gaussian sigma px", (1, 2, 4, 8), _blur),
+             ("jpeg", "JPEG quality", (95, 50, 20, 5), _jpeg),
+             ("noise", "sigma (8-bit levels)", (10, 20, 35, 50), _noise))
+
+
+def strength_rows(scorer, photos: list[Path], work: Path) -> dict:
+    """Per distortion: mean over photos of Spearman(strength, score), greedy and NCM (see the docstring)."""
+    from PIL import Image
+    from scipy import stats
+
+    folder = work / "strengths"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name, unit, strengths, function in STRENGTHS:
+        per_photo = []
+        for photo in photos:
+            clean = Image.open(photo).convert("RGB")
+            paths = []
+            for strength in strengths:
+                path = folder / f"{photo.stem}_{name}{strength}.png"  # lossless: only the distortion shows
+                function(clean, strength).save(path)
+                paths.append(str(path))
+            results = scorer.score(paths)
+            greedy, ncm = [r.score for r in results], [r.ncm for r in results]
+            rank = list(range(len(strengths)))
+            # A constant answer ranks nothing: its correlation counts as 0, not as missing.
+            rho = {key: (0.0 if len(set(values)) < 2 else float(stats.spearmanr(rank, values)[0]))
+                   for key, values in (("greedy", greedy), ("ncm", ncm))}
+            per_photo.append({"photo": photo.stem, **rho, "scores": greedy, "ncms": [round(v, 3) for v in ncm]})
+        rows[name] = {"unit": unit, "strengths": list(strengths), "photos": per_photo,
+                      "greedy": statistics.mean(p["greedy"] for p in per_photo),
+                      "ncm": statistics.mean(p["ncm"] for p in per_photo)}
+    return rows
+
+
+def print_strengths(rows: dict) -> None:
+    print("| distortion | strengths | photos | mean Spearman greedy | mean Spearman NCM | worst photo (greedy / NCM) |")
+    print("|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        worst_g = min(p["greedy"] for p in row["photos"])
+        worst_n = min(p["ncm"] for p in row["photos"])
+        print(f"| {name} | {row['unit']} {', '.join(map(str, row['strengths']))} | {len(row['photos'])} | "
+              f"{row['greedy']:.3f} | {row['ncm']:.3f} | {worst_g:.2f} / {worst_n:.2f} |")
+    print("\nPer photo, greedy scores at the four strengths:\n")
+    for name, row in rows.items():
+        for p in row["photos"]:
+            print(f"  {name:6s} {p['photo']:24s} {' '.join(f'{v:.2f}' if v is not None else 'None' for v in p['scores'])}"
+                  f"   NCM {' '.join(f'{v:.2f}' for v in p['ncms'])}")
+
+
 # ---------------------------------------------------------------- throughput
 
 
@@ -200,41 +286,58 @@ def print_throughput(t: dict, batch_size: int, threads: int) -> None:
 # ---------------------------------------------------------------- precision ablation
 
 
-def ablation(model_dir: Path, dataset, work: Path, seed: int) -> list[dict]:
-    """The demo recipe at 0 and 1 decimals (trained now unless present in WORK/ablation) vs the bundled model."""
+def ablation(dataset, work: Path, seeds: list[int], steps: int) -> list[dict]:
+    """The demo recipe at 0, 1 and 2 decimals for each seed, ``steps`` optimiser steps each (trained now
+    unless present in WORK/ablation), scored on the held-out split through the training set's canvases."""
     script = training_script()
     train_manifest = work / "synth" / "train.jsonl"
     if not train_manifest.is_file():
         raise SystemExit(f"{train_manifest} is missing: run scripts/train_demo_model.py --work {work} first")
-    rows = []
     paths = [str(dataset.image_path(s)) for s in dataset.samples]
     labels = [s.scores["quality"] for s in dataset.samples]
+    rows = []
     for decimals in (0, 1, 2):
-        folder = model_dir if decimals == 2 else work / "ablation" / f"decimals{decimals}"
-        if decimals != 2 and not (folder / "config.json").is_file():
-            started = time.time()
-            script.train_model(work, train_manifest, folder, seed=seed, overrides=[f"decimals={decimals}"])
-            (folder / "wall_seconds.txt").write_text(f"{time.time() - started:.0f}\n")
-        scorer = load_scorer(str(folder), device="cpu", batch_size=16)
-        if decimals == 2:
-            wall = scorer.loaded.card.extra["wall_seconds"]["train"]
-        else:
-            wall = float((folder / "wall_seconds.txt").read_text())
-        rows.append({"decimals": decimals, **agreement(scorer.score(paths), labels), "train_s": wall})
+        runs = []
+        for seed in seeds:
+            folder = work / "ablation" / f"decimals{decimals}-seed{seed}-steps{steps}"
+            if not (folder / "config.json").is_file():
+                started = time.time()
+                script.train_model(work, train_manifest, folder, seed=seed,
+                                   overrides=[f"decimals={decimals}", f"max_steps={steps}"])
+                (folder / "wall_seconds.txt").write_text(f"{time.time() - started:.0f}\n")
+            # The set's images are the profile's canvases already: score them as they are.
+            scorer = load_scorer(str(folder), device="cpu", batch_size=16, preprocessing="realqa")
+            results = scorer.score(paths)
+            runs.append({**agreement(results, labels), "distinct": len({r.score for r in results}),
+                         "train_s": float((folder / "wall_seconds.txt").read_text())})
+        rows.append({"decimals": decimals, "seeds": seeds, "steps": steps, "runs": runs})
     return rows
 
 
+def _spread(values) -> str:
+    values = [v for v in values if v == v]  # NaN (a constant answer) left out of the mean
+    if not values:
+        return "nan"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+
+
 def print_ablation(rows: list[dict]) -> None:
-    print(f"| decimals | {AGREEMENT_HEADER} | train s |\n|---|---|---|---|---|---|---|---|")
+    print("| decimals | seeds | steps | SRCC greedy | PLCC greedy | SRCC NCM | PLCC NCM | distinct greedy answers | "
+          "unparsed | out of range | train s/run |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['decimals']} | {agreement_cells(r)} | {r['train_s']:.0f} |")
+        runs = r["runs"]
+        print(f"| {r['decimals']} | {len(r['seeds'])} | {r['steps']} | {_spread(x['srcc'] for x in runs)} | "
+              f"{_spread(x['plcc'] for x in runs)} | {_spread(x['ncm_srcc'] for x in runs)} | "
+              f"{_spread(x['ncm_plcc'] for x in runs)} | {_spread(x['distinct'] for x in runs)} | "
+              f"{sum(x['failed'] for x in runs)} | {sum(x['out_of_range'] for x in runs)} | "
+              f"{statistics.mean(x['train_s'] for x in runs):.0f} |")
 
 
 # ---------------------------------------------------------------- references
 
 
 BLIND_SETS = (("tilt",), ("tilt", "saturation_loss"), ("tilt", "saturation_loss", "saturation_excess"),
-              ("tilt", "saturation_loss", "saturation_excess", "jpeg"))
+              ("tilt", "saturation_loss", "saturation_excess", "jpeg"), ("jpeg", "motion_blur"))
 CURVE_PHOTOS = (3, 6, 12, 18)  # training photos for the baseline's content curve
 
 
@@ -287,12 +390,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model folder (default: the bundled demo model)")
     parser.add_argument("--photos", default=str(ROOT.parent / "shared" / "data" / "photos"))
-    parser.add_argument("--synth", help="a `realqa data synth` folder whose test.jsonl to use")
+    parser.add_argument("--videos", default=str(ROOT.parent / "shared" / "data" / "videos"))
+    parser.add_argument("--synth", help="a `realqa data synth` folder whose test.jsonl to use (default: WORK/synth "
+                        "when there, else the held-out split regenerated from the card's settings)")
     parser.add_argument("--work", default="demo-work", help="the training script's work folder")
     parser.add_argument("--images", type=int, default=60, help="images in the throughput run")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--ablation", action="store_true", help="also train and compare 0/1 decimals")
+    parser.add_argument("--ablation", action="store_true", help="also train and compare 0/1/2 decimals")
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ablation-steps", type=int, default=300, help="optimiser steps per ablation run")
     parser.add_argument("--references", action="store_true",
                         help="also fit the classical baseline on the train split and print the blind-type ceilings")
     parser.add_argument("--json", help="write every figure to this JSON file too")
@@ -305,12 +412,25 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model_dir = Path(args.model) if args.model else demo_model_path()
     scorer = load_scorer(str(model_dir), device="cpu", batch_size=16)
+    card = scorer.loaded.card
     work = Path(args.work)
-    dataset = synth_split(scorer.loaded.card, args.photos, work, args.synth)
+    synth = args.synth or (str(work / "synth") if (work / "synth" / "test.jsonl").is_file() else None)
+    dataset = synth_split(card, args.photos, args.videos, work, synth)
     photos = sorted({s.info["photo"] for s in dataset.samples})
     figures = {}
-    print(f"model: {model_dir}\nheld-out: {len(dataset)} images of {len(photos)} photos ({', '.join(photos)})\n")
-    results = scorer.score([str(dataset.image_path(s)) for s in dataset.samples], attributes=True)
+    print(f"model: {model_dir}\nheld-out: {len(dataset)} images of {len(photos)} sources ({', '.join(photos)})\n")
+
+    held_out = [p for p in sorted(Path(args.photos).iterdir()) if p.stem in set(card.extra.get("held_out_photos", ()))]
+    print(f"Held-out photos at four strengths, made at full resolution, scored as `realqa score` does "
+          f"(profile {card.preprocessing!r}):\n")
+    figures["strengths"] = strength_rows(scorer, held_out, work)
+    print_strengths(figures["strengths"])
+    print()
+
+    # A set made through a profile stores the profile's output: score those images as they are.
+    synth_scorer = (load_scorer(str(model_dir), device="cpu", batch_size=16, preprocessing="realqa")
+                    if card.extra["synth_settings"].get("preprocessing") else scorer)
+    results = synth_scorer.score([str(dataset.image_path(s)) for s in dataset.samples], attributes=True)
     rows = accuracy_rows(dataset, results)
     print_accuracy(rows)
     print()
@@ -319,18 +439,23 @@ def main() -> None:
     clean = [r.ncm for r, s in zip(results, dataset.samples) if not s.info["distortions"] and r.ncm is not None]
     print(f"\nclean test photos: mean NCM score {statistics.mean(clean) if clean else float('nan'):.2f} (label 5.00)\n")
     figures["held_out"] = rows
+    distinct = sorted({r.score for r in results if r.score is not None})
+    figures["distinct_greedy"] = len(distinct)
+    print(f"distinct greedy quality answers on the held-out images: {len(distinct)} "
+          f"(from {distinct[0] if distinct else None} to {distinct[-1] if distinct else None})\n")
 
     speed = throughput(scorer, args.photos, args.images, args.batch_size)
     print_throughput(speed, args.batch_size, args.threads)
     figures["throughput"] = {k: v for k, v in speed.items() if k != "sizes"}
 
     if args.ablation:
-        print("\nPrecision ablation (same recipe, seed and data; held-out split):\n")
-        figures["ablation"] = ablation(model_dir, dataset, work, scorer.loaded.card.extra["synth_settings"]["seed"])
+        print(f"\nPrecision ablation (the recipe at {args.ablation_steps} steps, seeds {args.ablation_seeds}, same data; "
+              "held-out split; mean ± standard deviation over seeds):\n")
+        figures["ablation"] = ablation(dataset, work, args.ablation_seeds, args.ablation_steps)
         print_ablation(figures["ablation"])
     if args.references:
         print("\nReferences on the same held-out split:\n")
-        train = synth_split(scorer.loaded.card, args.photos, work, args.synth, "train")
+        train = synth_split(card, args.photos, args.videos, work, synth, "train")
         figures["references"] = references(train, dataset, figures["held_out"], workers=2)
         print_references(figures["references"])
     if args.json:

@@ -18,7 +18,7 @@ from PIL import Image
 from realqa.batching import ExampleBuilder
 from realqa.media import MediaError
 from realqa.model import MAX_PIXELS, MIN_PIXELS
-from realqa.preprocessing import PROFILES, profile
+from realqa.preprocessing import FRAGMENT_CANVAS, fragment_corners, profile
 
 LIMIT = 512 * 512
 
@@ -135,12 +135,62 @@ def test_a_koniq_sized_photo_reaches_the_official_model_as_336_visual_tokens(tmp
     path = _save(tmp_path, "koniq.jpg", _noise((1024, 768)), quality=90)
     processor = load_image_processor_for_test()
     tokens = {}
-    for name in PROFILES:
+    for name in ("llamafactory", "realqa"):
         example = ExampleBuilder(processor, image_token_id=7, preprocessing=name).build(str(path), "koniq", [7])
         tokens[name] = len(example.input_ids)
     assert tokens == {"llamafactory": 336, "realqa": 494}
 
 
 def test_unknown_profile_is_refused_naming_the_known_ones():
-    with pytest.raises(ValueError, match="llamafactory.*realqa|realqa.*llamafactory"):
+    with pytest.raises(ValueError, match="known: realqa, llamafactory, fragments"):
         profile("bicubic-please")
+
+
+# ---------------------------------------------------------------- fragments (the demo model's profile)
+
+
+def test_fragments_give_one_canvas_size_for_every_photo_and_the_same_canvas_twice(tmp_path):
+    prepare = profile("fragments").prepare
+    for path in _cases(tmp_path):
+        with Image.open(path) as image:
+            first, second = prepare(image), prepare(image)
+        assert first.mode == "RGB" and first.size == FRAGMENT_CANVAS == (448, 224), path.name
+        assert np.array_equal(np.asarray(first), np.asarray(second)), path.name
+
+
+def test_fragments_are_native_pixels_on_the_jpeg_grid_beside_a_global_view():
+    image = _noise((1000, 600), seed=3)
+    canvas = np.asarray(profile("fragments").prepare(image))
+    pixels = np.asarray(image)
+    corners = fragment_corners(1000, 600)
+    assert len(corners) == 16 and len(set(corners)) == 16
+    for n, (left, top) in enumerate(corners):
+        assert left % 8 == 0 and top % 8 == 0 and left + 56 <= 1000 and top + 56 <= 600
+        row, column = divmod(n, 4)
+        placed = canvas[row * 56 : (row + 1) * 56, 224 + column * 56 : 224 + (column + 1) * 56]
+        assert np.array_equal(placed, pixels[top : top + 56, left : left + 56])  # not resampled
+    expected_global = np.asarray(image.resize((224, 224), Image.BILINEAR))
+    assert np.array_equal(canvas[:, :224], expected_global)
+    # The fragments spread over the photo: from its top-left to its bottom-right quarter.
+    assert corners[0][0] < 250 and corners[0][1] < 150 and corners[-1][0] > 750 and corners[-1][1] > 450
+
+
+def test_fragments_judge_a_large_photo_at_1024_px_and_keep_noise_grain_that_a_shrink_averages_away():
+    rng = np.random.default_rng(0)
+    flat = np.full((1536, 2048, 3), 128.0)
+    noisy = Image.fromarray(np.clip(flat + rng.normal(0, 20, flat.shape), 0, 255).astype(np.uint8), "RGB")
+    canvas = np.asarray(profile("fragments").prepare(noisy), dtype=np.float64)
+    shrunk = np.asarray(noisy.resize((448, 224), Image.BILINEAR), dtype=np.float64)
+    fragments_noise, shrunk_noise = canvas[:, 224:].std(), shrunk.std()
+    # 2048 -> 1024 (LANCZOS) halves white noise; a shrink to 448 px divides it by more than 4.
+    assert 6 < fragments_noise < 14 and shrunk_noise < 5, (fragments_noise, shrunk_noise)
+
+
+def test_the_processor_takes_the_canvas_as_it_is_at_the_card_bounds(tmp_path):
+    path = _save(tmp_path, "photo.jpg", _noise((1024, 640)), quality=90)
+    spy = SpyProcessor(load_image_processor_for_test())
+    pixels = FRAGMENT_CANVAS[0] * FRAGMENT_CANVAS[1]
+    builder = ExampleBuilder(spy, image_token_id=7, preprocessing="fragments", min_pixels=pixels, max_pixels=pixels)
+    example = builder.build(str(path), "photo", [1, 7, 2])
+    assert spy.seen[-1].size == FRAGMENT_CANVAS
+    assert example.image_grid_thw.tolist() == [[1, 16, 32]] and len(example.input_ids) == 2 + 128

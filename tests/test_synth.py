@@ -19,9 +19,13 @@ from realqa.data.synth import (
     plan,
     pseudo_score,
     render,
+    source_of,
+    split_photos,
     synthesize,
+    visibility_score,
     working_size,
 )
+from realqa.preprocessing import profile
 
 
 def photo(seed: int, size=(160, 112), grey: bool = False) -> Image.Image:
@@ -175,6 +179,9 @@ def test_cli_synth(photos, tmp_path, capsys):
     assert code == 0
     assert "test.jsonl" in capsys.readouterr().out
     assert len(read_manifest(tmp_path / "s" / "test.jsonl")) == 2 * 3  # 2 photos x (clean + 2 levels)
+    code = main(["data", "synth", "--photos", str(photos), "--out", str(tmp_path / "v"), "--types", "noise",
+                 "--levels", "1", "--views", "1", "--preprocessing", "fragments"])
+    assert code == 0 and "SSIM" in json.loads((tmp_path / "v" / "synth.json").read_text())["formula"]
 
 
 def test_working_size_shrinks_to_the_budget_on_the_28_px_grid_and_never_enlarges():
@@ -210,3 +217,62 @@ def test_a_working_size_is_applied_before_the_distortions(photos, tmp_path):
     )
     assert difference.std() > 0.8 * DISTORTIONS["noise"].high
     assert json.loads((tmp_path / "small" / "synth.json").read_text())["settings"]["max_pixels"] == budget
+
+
+# ---------------------------------------------------------------- visibility labels (the demo model's set)
+
+
+def test_visibility_rule_is_five_when_invisible_one_when_ruined_and_falls_in_between():
+    assert visibility_score(1.0) == visibility_score(0.998) == 5.0
+    assert visibility_score(0.4) == visibility_score(0.1) == 1.0
+    similarities = [0.995, 0.99, 0.98, 0.95, 0.9, 0.8, 0.6]
+    labels = [visibility_score(s) for s in similarities]
+    assert all(a > b for a, b in zip(labels, labels[1:])) and 1.0 < labels[-1] < labels[0] < 5.0, labels
+
+
+def test_frames_of_one_clip_share_a_split():
+    names = [f"clip{c}__f{f}" for c in range(6) for f in range(3)] + [f"photo{i}" for i in range(6)]
+    assert source_of("clip1__f2") == "clip1" and source_of("photo1") == "photo1"
+    for seed in range(5):
+        split = split_photos(names, 0.25, seed)
+        for c in range(6):
+            assert len({split[f"clip{c}__f{f}"] for f in range(3)}) == 1
+        assert set(split.values()) == {"train", "test"}
+
+
+def test_visibility_set_stores_what_scoring_sees_and_labels_only_what_it_shows(photos, tmp_path):
+    types = ["tilt", "saturation_loss", "noise", "gaussian_blur"]
+    dataset, paths = synthesize(photos, tmp_path / "seen", seed=1, types=types, levels=6, views=1,
+                                preprocessing="fragments")
+    test = read_manifest(paths["test"])
+    fragments = profile("fragments").prepare
+    by_id = {s.id: s for s in test.samples}
+    for sample in test.samples:
+        assert sample.image.endswith(".png")
+        with Image.open(test.image_path(sample)) as stored:
+            assert stored.size == (448, 224)
+        kinds = [d["type"] for d in sample.info["distortions"]]
+        if not kinds:  # the clean test view is the whole photo: stored exactly as the profile makes it
+            with Image.open(photos / f"{sample.info['photo']}.jpg") as source:
+                expected = np.asarray(fragments(source))
+            assert np.array_equal(np.asarray(Image.open(test.image_path(sample))), expected)
+            assert sample.scores["quality"] == 5.0
+        elif kinds[0] in ("tilt", "saturation_loss"):  # attributes only: no quality cost
+            assert sample.scores["quality"] == 5.0 and sample.info["ssim"] == 1.0
+            assert sample.attributes["level_shot" if kinds[0] == "tilt" else "saturation"] != "level"
+        else:
+            assert sample.scores["quality"] == pytest.approx(visibility_score(sample.info["ssim"]), abs=1e-4)
+    for photo_name in {s.info["photo"] for s in test.samples}:
+        for kind in ("noise", "gaussian_blur"):
+            labels = [by_id[f"{photo_name}_v0_{kind}{level}"].scores["quality"] for level in (1, 2, 3)]  # of 6
+            # Never rising; a step too small to show on this 160 px photo may cost nothing.
+            assert 5.0 >= labels[0] >= labels[1] >= labels[2] and labels[2] < labels[0], (photo_name, kind, labels)
+    meta = json.loads((tmp_path / "seen" / "synth.json").read_text())
+    assert meta["settings"]["preprocessing"] == "fragments" and "SSIM" in meta["formula"]
+
+
+def test_visibility_labels_need_a_known_profile_and_no_working_size(photos):
+    with pytest.raises(ValueError, match="exclude each other"):
+        plan(sorted(photos.iterdir()), max_pixels=28 * 28 * 4, preprocessing="fragments")
+    with pytest.raises(ValueError, match="unknown preprocessing profile"):
+        plan(sorted(photos.iterdir()), preprocessing="sharpen")

@@ -31,6 +31,7 @@ EXTRAS = {
     "datasets": "datasets",
     "braceexpand": "webdataset",
     "ray": "ray",
+    "skimage": "synth",
     "fastapi": "serve",
     "uvicorn": "serve",
     "multipart": "serve",

@@ -22,6 +22,24 @@ with the model's pixel bounds (RealQA: 200704 to 401408 pixels, 256 to 512 visua
 
     So a 1024 x 768 photo reaches the processor as 591 x 443 (336 visual tokens at RealQA's
     bounds), where ``realqa`` gives it 494.
+
+``fragments``
+    For a small model that must see fine defects (the bundled demo model): after ``realqa``'s steps,
+    one fixed 448 x 224 canvas (128 visual tokens) holding two views of the photo side by side,
+    in the spirit of the fragment sampling of FAST-VQA (Wu et al., 2022):
+
+    1. the photo's *reference size*: shrunk (never enlarged) to a long side of 1024 px, the size
+       the defects are judged at, as a 1024 px screen shows it; a side under 56 px is enlarged to 56;
+    2. left, a global view: the whole photo resized to 224 x 224 (bilinear, antialiased; aspect not
+       kept), for exposure, colour and anything large;
+    3. right, a 4 x 4 grid of 56 x 56 px fragments cut at native resolution (no resampling), one
+       from the centre of each cell of a 4 x 4 grid over the photo, its corner moved down onto the
+       8 px grid (where a JPEG's blocks lie), so noise grain, JPEG blocks and slight blur stay
+       pixel for pixel. Fragment edges fall on the 14 px patch grid: no patch straddles two.
+
+    Deterministic: the same image always gives the same canvas. A canvas is already on the 28 px
+    grid, so the processor leaves it as it is when the pixel bounds admit 448 x 224 (the demo
+    model's card says 100,352 to 100,352).
 """
 
 from __future__ import annotations
@@ -34,7 +52,8 @@ from PIL import Image
 
 from .media import realqa_rgb
 
-__all__ = ["DEFAULT_PROFILE", "LLAMAFACTORY_IMAGE_RESOLUTION", "PROFILES", "UNCARDED_PROFILE", "Profile", "profile"]
+__all__ = ["DEFAULT_PROFILE", "FRAGMENT_CANVAS", "LLAMAFACTORY_IMAGE_RESOLUTION", "PROFILES", "UNCARDED_PROFILE", "Profile",
+           "fragments_rgb", "profile"]
 
 LLAMAFACTORY_IMAGE_RESOLUTION = 512 * 512  # the fork's default `image_resolution`; no official config changes it
 
@@ -55,6 +74,49 @@ def llamafactory_rgb(img: Image.Image, image_resolution: int = LLAMAFACTORY_IMAG
     return img
 
 
+FRAGMENT_REFERENCE_SIDE = 1024  # defects are judged at this long side (larger photos are shrunk to it)
+FRAGMENT_SIZE = 56  # px, native resolution: 4 x 4 patches of 14 px, 7 x 7 JPEG blocks
+FRAGMENT_GRID = 4  # fragments per side
+GLOBAL_SIDE = FRAGMENT_SIZE * FRAGMENT_GRID  # 224 px: the global view is as tall as the fragment grid
+FRAGMENT_CANVAS = (2 * GLOBAL_SIDE, GLOBAL_SIDE)  # 448 x 224: 16 x 8 tokens of 28 px
+
+
+def fragment_corners(width: int, height: int) -> list[tuple[int, int]]:
+    """Top-left corners of the fragments on an image of that (reference) size, row by row."""
+    corners = []
+    for row in range(FRAGMENT_GRID):
+        for column in range(FRAGMENT_GRID):
+            corner = []
+            for extent, cell in ((width, column), (height, row)):
+                centre = (cell + 0.5) * extent / FRAGMENT_GRID
+                start = int(centre - FRAGMENT_SIZE / 2) // 8 * 8  # on the JPEG block grid
+                corner.append(min(max(start, 0), extent - FRAGMENT_SIZE))
+            corners.append((corner[0], corner[1]))
+    return corners
+
+
+def reference_size(img: Image.Image) -> Image.Image:
+    """Step 1 of ``fragments``: long side at most 1024 px (shrunk with LANCZOS), sides at least 56 px."""
+    scale = min(1.0, FRAGMENT_REFERENCE_SIDE / max(img.size))
+    scale = max(scale, FRAGMENT_SIZE / min(img.size))
+    if scale != 1.0:
+        size = (max(FRAGMENT_SIZE, round(img.width * scale)), max(FRAGMENT_SIZE, round(img.height * scale)))
+        img = img.resize(size, Image.LANCZOS)
+    return img
+
+
+def fragments_rgb(img: Image.Image) -> Image.Image:
+    """The ``fragments`` profile (see the module docstring): a 448 x 224 canvas, global view and fragments."""
+    img = reference_size(realqa_rgb(img))
+    canvas = Image.new("RGB", FRAGMENT_CANVAS)
+    canvas.paste(img.resize((GLOBAL_SIDE, GLOBAL_SIDE), Image.BILINEAR), (0, 0))
+    for n, (left, top) in enumerate(fragment_corners(*img.size)):
+        row, column = divmod(n, FRAGMENT_GRID)
+        fragment = img.crop((left, top, left + FRAGMENT_SIZE, top + FRAGMENT_SIZE))
+        canvas.paste(fragment, (GLOBAL_SIDE + column * FRAGMENT_SIZE, row * FRAGMENT_SIZE))
+    return canvas
+
+
 @dataclass(frozen=True)
 class Profile:
     """A named way of turning a decoded image into the RGB image the image processor receives."""
@@ -70,6 +132,8 @@ PROFILES: dict[str, Profile] = {
         Profile("realqa", "EXIF orientation applied, any mode to 8-bit RGB, alpha over white", realqa_rgb),
         Profile("llamafactory", "the official RealQA pipeline: no EXIF orientation, shrink above 512x512 pixels "
                 "(NEAREST, sides truncated), convert('RGB')", llamafactory_rgb),
+        Profile("fragments", "realqa's steps, then a 448x224 canvas: the photo at 224x224 beside 16 native-resolution "
+                "56 px fragments of it (long side first shrunk to at most 1024 px)", fragments_rgb),
     )
 }
 DEFAULT_PROFILE = "realqa"  # what realqa trains with

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..data import export_sharegpt, get_adapter, import_sharegpt, names, prepare, read_manifest, write_manifest
 from ..data.adapter import SPLIT_STRATEGIES
 from ..data.problems import DataError
+from ..preprocessing import PROFILES
 from .options import add_model_arguments, model_options
 
 
@@ -72,6 +73,9 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--max-pixels", type=int,
                        help="distort at a working size of at most this many pixels (sides multiples of 28); "
                             "give the model's max_pixels so it sees the distortions pixel for pixel")
+    synth.add_argument("--preprocessing", choices=sorted(PROFILES),
+                       help="distort at each photo's own resolution, store the output of this preprocessing profile "
+                            "and label quality by how visible the damage is in it (SSIM; needs scikit-image)")
     synth.add_argument("--workers", type=int, default=1, help="processes writing images (default 1)")
     synth.set_defaults(run=_synth)
 
@@ -192,7 +196,8 @@ def _synth(args) -> int:
 
     dataset, paths = synthesize(args.photos, args.out, seed=args.seed, test_fraction=args.test_fraction,
                                 types=args.types, levels=args.levels, views=args.views, variants=args.variants,
-                                pairs=args.pairs, max_pixels=args.max_pixels, workers=args.workers)
+                                pairs=args.pairs, max_pixels=args.max_pixels, preprocessing=args.preprocessing,
+                                workers=args.workers)
     for split, path in paths.items():
         photos = len({s.info["photo"] for s in dataset.samples if s.split == split})
         print(f"wrote {path} ({dataset.split_counts()[split]} images of {photos} photos)")

@@ -30,6 +30,23 @@ optional random pairs of types. The test split holds the whole test photos with 
 Photos are split by a seeded shuffle of their names (:func:`realqa.data.splits.random_split`), so
 no photo's content is in both splits.
 
+Visibility labels (``preprocessing``, e.g. ``fragments``, the demo recipe of issue 17): every view is
+distorted at its own resolution (spatial parameters scaled by the source photo's long side, up to
+1024 px, not the crop's), as photos arrive, and then taken through the named preprocessing profile
+(:mod:`realqa.preprocessing`), exactly as ``realqa score`` will take it; the stored image is that
+profile output (PNG, lossless), so training sees what scoring sees. The quality label is then the
+visibility of the damage to the model: the structural similarity (SSIM, scikit-image, on luma, the
+Gaussian 11-tap window of Wang et al. 2004) between the clean and the distorted view, both through
+the profile, mapped by the monotone rule ``VISIBILITY_RULE`` (below)
+
+    quality = 5 - 4 * clip(ln(d / 0.003) / ln(0.6 / 0.003), 0, 1),  d = 1 - SSIM
+
+(5.00 up to d = 0.003, invisible; 1.00 from d = 0.6 on; log-linear between, since SSIM crowds near 1
+for moderate damage), so a distortion the model's input does not show costs nothing, and one it shows
+costs in proportion.
+Tilt and saturation shifts are attribute labels only (``level_shot``, ``saturation``): they are applied
+to the reference too, so they cost no quality. A photo meant to be dark stays a 5.00 when clean.
+
 Photos with too little colour to lose or exaggerate (colourfulness below 15, "not colourful" on
 Hasler and Suesstrunk's scale, e.g. black-and-white photos) get no saturation distortions: their
 labels would claim a change the pixels do not show.
@@ -50,6 +67,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage, signal
 
+from ..preprocessing import profile
 from .attributes import infer_schema
 from .manifest import write_manifests
 from .records import TEST, TRAIN, Dataset, Sample, ScoreMapping, SplitInfo
@@ -83,6 +101,7 @@ class Distortion:
     spatial: bool = False
     labels: Callable[[float], dict] = lambda severity: {}
     needs_colour: bool = False
+    quality: bool = True  # False: an attribute only (visibility labels apply it to the reference too)
 
     @property
     def description(self) -> str:
@@ -95,8 +114,10 @@ class Distortion:
     def penalty(self, severity: float) -> float:
         return self.max_penalty * severity
 
-    def apply(self, pixels: np.ndarray, severity: float, rng: np.random.Generator) -> np.ndarray:
-        parameter = self.parameter(severity, max(pixels.shape[:2]))
+    def apply(self, pixels: np.ndarray, severity: float, rng: np.random.Generator,
+              long_side: int | None = None) -> np.ndarray:
+        """``long_side``: the size spatial parameters scale with (default: this image's long side)."""
+        parameter = self.parameter(severity, long_side or max(pixels.shape[:2]))
         return np.clip(self.function(pixels, parameter, rng), 0.0, 1.0).astype(np.float32)
 
 
@@ -104,10 +125,10 @@ DISTORTIONS: dict[str, Distortion] = {}  # in the order they are applied when co
 
 
 def _register(name: str, low: float, high: float, unit: str, max_penalty: float, *, spatial: bool = False,
-              labels: Callable[[float], dict] | None = None, needs_colour: bool = False):
+              labels: Callable[[float], dict] | None = None, needs_colour: bool = False, quality: bool = True):
     def register(function):
         DISTORTIONS[name] = Distortion(name, function, low, high, unit, max_penalty, spatial,
-                                       labels or (lambda severity: {}), needs_colour)
+                                       labels or (lambda severity: {}), needs_colour, quality)
         return function
     return register
 
@@ -137,7 +158,7 @@ def _luma(pixels: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the distortions (applied in this order)
 
 
-@_register("tilt", 0.0, 12.0, "degrees", 2.5, labels=_fixed("level_shot", "tilted"))
+@_register("tilt", 0.0, 12.0, "degrees", 2.5, labels=_fixed("level_shot", "tilted"), quality=False)
 def tilt(pixels, degrees, rng):
     """Rotation by the angle (direction random), cropped to the largest centred rectangle of the
     same aspect ratio without empty corners, resized back: a non-level shot."""
@@ -165,7 +186,7 @@ def underexposure(pixels, ev, rng):
 
 
 @_register("saturation_loss", 0.0, 1.0, "fraction of chroma removed", 2.5, labels=_fixed("saturation", "low"),
-           needs_colour=True)
+           needs_colour=True, quality=False)
 def saturation_loss(pixels, amount, rng):
     """Colours pulled towards their grey (luma) by the fraction: 1 is black and white."""
     grey = _luma(pixels)
@@ -173,7 +194,7 @@ def saturation_loss(pixels, amount, rng):
 
 
 @_register("saturation_excess", 0.0, 2.5, "extra chroma gain", 3.0, labels=_fixed("saturation", "high"),
-           needs_colour=True)
+           needs_colour=True, quality=False)
 def saturation_excess(pixels, gain, rng):
     """Colours pushed away from their grey (luma) by 1 + gain, clipped."""
     grey = _luma(pixels)
@@ -307,6 +328,7 @@ class Job:
     applied: tuple[Applied, ...]
     seed: int
     max_pixels: int | None = None
+    preprocessing: str | None = None  # visibility labels through this profile (see the module docstring)
 
 
 def find_photos(folder: str | os.PathLike) -> list[Path]:
@@ -316,17 +338,23 @@ def find_photos(folder: str | os.PathLike) -> list[Path]:
     return photos
 
 
+def source_of(name: str) -> str:
+    """The source a photo came from: the part of its name before ``__`` (frames ``clip__f1``, ``clip__f2``
+    of one video share a source, so they land in the same split), else the whole name."""
+    return name.split("__")[0]
+
+
 def split_photos(names: Sequence[str], test_fraction: float, seed: int) -> dict[str, str]:
-    """Photo name -> train/test, by the project's seeded group split."""
+    """Photo name -> train/test, by the project's seeded group split (grouped by :func:`source_of`)."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test fraction must be in (0, 1), got {test_fraction}")
-    splits = random_split(list(names), (1 - test_fraction, test_fraction), seed)
+    splits = random_split([source_of(n) for n in names], (1 - test_fraction, test_fraction), seed)
     return dict(zip(names, splits))
 
 
 def plan(photos: Sequence[Path], *, seed: int = 0, test_fraction: float = 0.25, types: Sequence[str] | None = None,
          levels: int = 5, views: int = 4, variants: int = 0, pairs: int = 0, max_pixels: int | None = None,
-         splits: Sequence[str] = (TRAIN, TEST)) -> list[Job]:
+         preprocessing: str | None = None, splits: Sequence[str] = (TRAIN, TEST)) -> list[Job]:
     """Every image of the set: per view, the clean image, each type at each level (or, for training
     views with ``variants`` > 0, that many (type, level) draws from that grid), then ``pairs`` random
     pairs of compatible types at random levels. Test photos have one view: the whole photo, with the
@@ -339,6 +367,11 @@ def plan(photos: Sequence[Path], *, seed: int = 0, test_fraction: float = 0.25, 
         raise ValueError("levels and views must be >= 1, variants and pairs >= 0")
     if max_pixels is not None and max_pixels < GRID * GRID:
         raise ValueError(f"max_pixels must be at least {GRID * GRID} (one {GRID} x {GRID} cell), got {max_pixels}")
+    if max_pixels is not None and preprocessing is not None:
+        raise ValueError("max_pixels (a working size) and preprocessing (distortions at the photo's own size, "
+                         "then the profile) exclude each other")
+    if preprocessing is not None:
+        profile(preprocessing)  # an unknown name fails here, naming the known ones
     split_of = split_photos([p.stem for p in photos], test_fraction, seed)
     jobs = []
     for photo in photos:
@@ -365,7 +398,7 @@ def plan(photos: Sequence[Path], *, seed: int = 0, test_fraction: float = 0.25, 
                     tag = f"pair{number}_{tag}"
                 job_id = f"{photo.stem}_v{view}_{tag}"
                 jobs.append(Job(job_id, photo.stem, str(photo), view, split, applied,
-                                zlib.crc32(f"{seed}/{job_id}".encode()), max_pixels))
+                                zlib.crc32(f"{seed}/{job_id}".encode()), max_pixels, preprocessing))
     return jobs
 
 
@@ -393,7 +426,10 @@ def working_size(width: int, height: int, max_pixels: int | None) -> tuple[int, 
 
 
 def render(job: Job) -> Image.Image:
-    """The image of a job: the view at its working size, then the distortions in table order."""
+    """The image of a job: the view at its working size, then the distortions in table order (with
+    ``preprocessing``: the profile's output of the distorted view, see :func:`render_visible`)."""
+    if job.preprocessing is not None:
+        return render_visible(job)[0]
     rng = np.random.default_rng(job.seed)
     with Image.open(job.source) as opened:
         photo = ImageOps.exif_transpose(opened).convert("RGB")
@@ -409,28 +445,90 @@ def render(job: Job) -> Image.Image:
     return _to_image(pixels)
 
 
-def _write(job: Job, out: Path) -> tuple[str, tuple[int, int]]:
-    relative = f"images/{job.split}/{job.photo}/{job.id}.jpg"
+# The visibility rule's ends, in dissimilarity d = 1 - SSIM: below INVISIBLE nothing shows (a clean
+# image, a JPEG at quality 95); at WORST_VISIBLE and beyond the image is ruined. Between them the label
+# falls with log d: SSIM crowds near 1 for moderate damage, and equal ratios of d read as equal steps.
+INVISIBLE, WORST_VISIBLE = 0.003, 0.6
+VISIBILITY_RULE = (f"quality = 5 - 4 * clip(ln(d / {INVISIBLE}) / ln({WORST_VISIBLE} / {INVISIBLE}), 0, 1), "
+                   "d = 1 - SSIM")
+
+
+def visibility_score(similarity: float) -> float:
+    """The monotone rule from SSIM (clean vs distorted, both as the model sees them) to a 1-5 quality label."""
+    d = 1.0 - similarity
+    if d <= INVISIBLE:
+        return BEST
+    fraction = min(1.0, np.log(d / INVISIBLE) / np.log(WORST_VISIBLE / INVISIBLE))
+    return round(BEST - (BEST - WORST) * float(fraction), 6)
+
+
+def luma_ssim(reference: Image.Image, distorted: Image.Image) -> float:
+    """SSIM (Wang et al. 2004: Gaussian window sigma 1.5, population statistics) of the two images' luma."""
+    from ..compat import require
+
+    structural_similarity = require("skimage.metrics", "synth", "visibility labels (SSIM)").structural_similarity
+    first, second = (np.asarray(image.convert("L"), dtype=np.float64) / 255.0 for image in (reference, distorted))
+    return float(structural_similarity(first, second, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False))
+
+
+def render_visible(job: Job) -> tuple[Image.Image, float]:
+    """A job for visibility labels: (the profile's output of the distorted view, SSIM against the clean one).
+
+    The view is cut at the photo's own resolution; attribute-only distortions (tilt, saturation) are
+    applied first and make the reference; the quality distortions follow; both go through the profile.
+    """
+    rng = np.random.default_rng(job.seed)
+    prepare = profile(job.preprocessing).prepare
+    with Image.open(job.source) as opened:
+        photo = ImageOps.exif_transpose(opened).convert("RGB")
+    long_side = min(max(photo.size), REFERENCE_SIDE)  # the profiles judge photos at most 1024 px long
+    pixels = _to_pixels(view_of(photo, job.view, rng))
+    ordered = sorted(job.applied, key=lambda a: list(DISTORTIONS).index(a.type))
+    for applied in [a for a in ordered if not a.distortion.quality]:
+        pixels = applied.distortion.apply(pixels, applied.severity, rng, long_side)
+    reference = prepare(_to_image(pixels))
+    quality = [a for a in ordered if a.distortion.quality]
+    if not quality:
+        return reference, 1.0
+    for applied in quality:
+        pixels = applied.distortion.apply(pixels, applied.severity, rng, long_side)
+    distorted = prepare(_to_image(pixels))
+    return distorted, luma_ssim(reference, distorted)
+
+
+def _write(job: Job, out: Path) -> tuple[str, tuple[int, int], float | None]:
+    if job.preprocessing is not None:  # the profile's output, stored losslessly
+        relative = f"images/{job.split}/{job.photo}/{job.id}.png"
+        image, similarity = render_visible(job)
+    else:
+        relative, image, similarity = f"images/{job.split}/{job.photo}/{job.id}.jpg", render(job), None
     target = out / relative
     target.parent.mkdir(parents=True, exist_ok=True)
-    image = render(job)
-    image.save(target, format="JPEG", **SAVE_OPTIONS)
-    return relative, image.size
+    image.save(target, **({"format": "PNG", "compress_level": 1} if similarity is not None
+                          else {"format": "JPEG", **SAVE_OPTIONS}))
+    return relative, image.size, similarity
 
 
-def _sample(job: Job, relative: str, size: tuple[int, int]) -> Sample:
-    score = pseudo_score(job.applied)
+def _sample(job: Job, relative: str, size: tuple[int, int], similarity: float | None = None) -> Sample:
+    score = pseudo_score(job.applied) if similarity is None else visibility_score(similarity)
+    long_side = max(size)  # spatial parameters were scaled with the stored image, or with the photo (visibility)
+    if similarity is not None:
+        with Image.open(job.source) as source:
+            long_side = min(max(source.size), REFERENCE_SIDE)
     distortions = [{"type": a.type, "level": a.level, "severity": round(a.severity, 6),
-                    "parameter": round(a.distortion.parameter(a.severity, max(size)), 4), "unit": a.distortion.unit}
+                    "parameter": round(a.distortion.parameter(a.severity, long_side), 4), "unit": a.distortion.unit}
                    for a in job.applied]
     return Sample(id=job.id, image=relative, scores={"quality": score}, native={"quality": score}, split=job.split,
                   dataset="synth", attributes=attribute_labels(job.applied),
-                  info={"photo": job.photo, "view": job.view, "distortions": distortions})
+                  info={"photo": job.photo, "view": job.view, "distortions": distortions,
+                        **({"ssim": round(similarity, 6)} if similarity is not None else {})})
 
 
 def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, test_fraction: float = 0.25,
                types: Sequence[str] | None = None, levels: int = 5, views: int = 4, variants: int = 0,
-               pairs: int = 0, max_pixels: int | None = None, splits: Sequence[str] = (TRAIN, TEST), workers: int = 1,
+               pairs: int = 0, max_pixels: int | None = None, preprocessing: str | None = None,
+               splits: Sequence[str] = (TRAIN, TEST), workers: int = 1,
                progress: Callable[[int, int], None] | None = None) -> tuple[Dataset, dict[str, Path]]:
     """Write the distorted images, ``train.jsonl``/``test.jsonl`` manifests, ``synth.json`` and a README.
 
@@ -439,18 +537,19 @@ def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: i
     out = Path(out)
     photos = find_photos(photos_dir)
     jobs = plan(photos, seed=seed, test_fraction=test_fraction, types=types, levels=levels, views=views,
-                variants=variants, pairs=pairs, max_pixels=max_pixels, splits=splits)
+                variants=variants, pairs=pairs, max_pixels=max_pixels, preprocessing=preprocessing, splits=splits)
     out.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
     with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
-        for done, (job, (relative, size)) in enumerate(
+        for done, (job, (relative, size, similarity)) in enumerate(
             zip(jobs, pool.map(_write, jobs, [out] * len(jobs), chunksize=8)), 1
         ):
-            samples.append(_sample(job, relative, size))
+            samples.append(_sample(job, relative, size, similarity))
             if progress:
                 progress(done, len(jobs))
     settings = {"seed": seed, "test_fraction": test_fraction, "types": list(types or DISTORTIONS), "levels": levels,
-                "views": views, "variants": variants, "pairs": pairs, "max_pixels": max_pixels, "splits": list(splits)}
+                "views": views, "variants": variants, "pairs": pairs, "max_pixels": max_pixels,
+                "preprocessing": preprocessing, "splits": list(splits)}
     dataset = Dataset(
         name="synth",
         mappings={"quality": ScoreMapping.onto_task("quality", (WORST, BEST), quantity="pseudo opinion score")},
@@ -462,13 +561,16 @@ def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: i
         label_files=[],
         attribute_schema=infer_schema(s.attributes for s in samples),
         notes=[f"synthetic distortions of the photos in {Path(photos_dir).resolve()}; settings {json.dumps(settings)}",
-               "quality = clip(5 - sum of max_penalty[type] * level/levels, 1, 5); see synth.json"],
+               f"quality: {FORMULA if preprocessing is None else VISIBILITY_RULE}; see synth.json"],
     )
     paths = write_manifests(dataset, out)
     split_of = split_photos([p.stem for p in photos], test_fraction, seed)
     meta = {"settings": settings, "photos": {split: sorted(n for n, s in split_of.items() if s == split)
                                              for split in (TRAIN, TEST)},
-            "counts": dataset.split_counts(), "formula": FORMULA, "distortions": describe(levels)}
+            "counts": dataset.split_counts(),
+            "formula": FORMULA if preprocessing is None else f"{VISIBILITY_RULE}, SSIM of the luma of the clean and the "
+            f"distorted view through the '{preprocessing}' preprocessing profile (tilt and saturation: attributes only)",
+            "distortions": describe(levels)}
     (out / "synth.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     (out / "README.md").write_text(readme(meta), encoding="utf-8")
     return dataset, paths
@@ -512,8 +614,10 @@ def readme(meta: dict) -> str:
         "photos; test images the whole test photos."
         + (f" Every view was shrunk to at most {settings['max_pixels']} pixels (sides multiples of {GRID}) before "
            "it was distorted." if settings.get("max_pixels") else ""),
-        "", "## Pseudo opinion score", "", f"`{meta['formula']}`: a clean image scores 5.00; the score falls strictly "
-        "with every level of every type (until the clip at 1).", "",
+        "", "## Pseudo opinion score", "", f"`{meta['formula']}`: a clean image scores 5.00"
+        + ("; the score falls strictly with every level of every type (until the clip at 1)." if not settings.get("preprocessing")
+           else f"; each image is stored as the '{settings['preprocessing']}' profile's output (PNG), and the 'scores' "
+           "column below is the old additive rule, not these labels."), "",
         f"Photos with colourfulness below {MIN_COLOURFULNESS:g} (Hasler and Suesstrunk) get no saturation "
         "distortions.", "",
         f"## Types (parameters and scores at {settings['levels']} levels)", "",
