@@ -209,6 +209,7 @@ def test_parquet_overwrite_and_refusals(tmp_path):
     assert output.completed(["a.png"]) == []
     with pytest.raises(ValueError, match=r"other settings \(task: 'quality' then, 'aesthetics' now\)"):
         ResumableOutput(path, {**SETTINGS, "task": "aesthetics"}).check()
+    (tmp_path / "r.parquet.tmp").write_bytes(b"PAR1")  # what a kill while writing the file leaves
     output.remove()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     foreign = tmp_path / "foreign.parquet"

@@ -529,8 +529,9 @@ class ResumableOutput:
         return rows_exist(self.path)
 
     def remove(self) -> None:
-        """Start again (``--overwrite``): the results file (and a Parquet file's journal) and its run file go."""
-        for file in (self.path, journal_path(self.path), self.run_file):
+        """Start again (``--overwrite``): the results file (and a Parquet file's journal, and the temporary file
+        a run killed while writing it left) and its run file go."""
+        for file in (self.path, journal_path(self.path), self.path.with_name(self.path.name + ".tmp"), self.run_file):
             file.unlink(missing_ok=True)
 
     def check(self) -> None:
