@@ -297,22 +297,16 @@ def test_a_labels_table_with_a_bad_row_is_refused_naming_it(tmp_path):
     bom = tmp_path / "bom.csv"
     bom.write_bytes("\ufeffimage,mos\na.jpg,3\n".encode())  # saved by a spreadsheet program
     assert read_labels(bom).scores == {"a.jpg": 3.0}
-    short = tmp_path / "short.csv"
-    short.write_text("image,mos\na.jpg,3\nb.jpg\nc.jpg,1\n")
-    with pytest.raises(ValueError, match=r"short.csv: line 3: row has 1 fields; the header has 2"):
-        read_labels(short)
-    word = tmp_path / "word.csv"
-    word.write_text("image,mos\na.jpg,3\nb.jpg,good\n")
-    with pytest.raises(ValueError, match=r"word.csv: line 3: column 'mos': 'good' is not a number"):
-        read_labels(word)
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"image": "a.jpg", "mos": 3}\n{"image": "b.jpg", "mos"\n')
-    with pytest.raises(ValueError, match=r"broken.jsonl: line 2: invalid JSON"):
-        read_labels(broken)
-    other = tmp_path / "other.csv"
-    other.write_text("name,value\na.jpg,3\n")
-    with pytest.raises(ValueError, match=r"need an image column .* found name, value"):
-        read_labels(other)
+    bad = {  # file: (content, the error it must give)
+        "short.csv": ("image,mos\na.jpg,3\nb.jpg\nc.jpg,1\n", r"short.csv: line 3: row has 1 fields; the header has 2"),
+        "word.csv": ("image,mos\na.jpg,3\nb.jpg,good\n", r"word.csv: line 3: column 'mos': 'good' is not a number"),
+        "broken.jsonl": ('{"image": "a.jpg", "mos": 3}\n{"image": "b.jpg", "mos"\n', r"broken.jsonl: line 2: invalid JSON"),
+        "other.csv": ("name,value\na.jpg,3\n", r"need an image column .* found name, value"),
+    }
+    for name, (content, error) in bad.items():
+        (tmp_path / name).write_text(content)
+        with pytest.raises(ValueError, match=error):
+            read_labels(tmp_path / name)
 
 
 # ---------------------------------------------------------------- our own rows and attributes

@@ -27,7 +27,7 @@ from scipy import stats
 
 from .metrics import classification, evaluate, srcc
 from .numeric import PARSE_OK, PARSE_OUT_OF_RANGE, ScoreFormat, parse_score
-from .results import ScoreResult, read_rows, results_of
+from .results import ScoreResult, number_cell, read_rows, results_of
 from .tasks import DEFAULT_TASKS
 
 KEY_COLUMNS = ("path", "image", "image_name", "img_name", "image_id")
@@ -281,14 +281,7 @@ def read_predictions(path: str | Path, *, fmt: ScoreFormat | None = None, field:
 def file_label(others: dict) -> float | None:
     """A results row's own label (:data:`FILE_LABEL_COLUMNS`, given by bench prediction files), from the
     row's other columns (:func:`realqa.results.other_columns`); None when it has none."""
-    value = next((others[c] for c in FILE_LABEL_COLUMNS if c in others), None)
-    if value is None or value == "":
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"its label {value!r} is not a number") from None
-    return number if math.isfinite(number) else None
+    return number_cell(next((others[c] for c in FILE_LABEL_COLUMNS if c in others), None), "its label")
 
 
 def _fallback_range(fmt: ScoreFormat | None, task: str | None) -> tuple[float, float] | None:

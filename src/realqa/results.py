@@ -93,9 +93,9 @@ class ScoreResult:
             raise ValueError(f"no 'path' (or '{PATH_ALIAS}') column; columns: {', '.join(row)}")
         score = _value(row.get("score"))
         status = row.get("status") or ("ok" if score is not None else "no_score")
-        return cls(path=str(path), task=str(row.get("task") or ""), score=score, ncm=_number(row.get("ncm"), "ncm"),
+        return cls(path=str(path), task=str(row.get("task") or ""), score=score, ncm=number_cell(row.get("ncm"), "ncm"),
                    status=str(status), text=str(row.get("text") or ""), error=row.get("error") or None,
-                   attributes=_attributes_of(row), ncm_std=_number(row.get("ncm_std"), "ncm_std"))
+                   attributes=_attributes_of(row), ncm_std=number_cell(row.get("ncm_std"), "ncm_std"))
 
     def to_flat_row(self) -> dict:
         """One column per attribute value and one for its status, for CSV."""
@@ -143,8 +143,8 @@ def _value(value) -> float | str | None:
         return value
 
 
-def _number(value, column: str) -> float | None:
-    """A number cell; a non-finite one reads as None (no number)."""
+def number_cell(value, column: str) -> float | None:
+    """A number cell (``column`` names it in the error); empty or non-finite reads as None (no number)."""
     if value is None or value == "":
         return None
     try:
