@@ -229,7 +229,8 @@ def _read_run(ray, run: _Run, job: ScoreJob, options: dict) -> Iterator[ScoreRes
             dataset = dataset.filter(lambda row: not (row["__key__"] in skip and os.path.abspath(row["path"]) == first))
         dataset = dataset.map_batches(_members, batch_size=None, batch_format="pyarrow")
     else:
-        dataset = ray.data.read_parquet(files, columns=[run.column], include_paths=True)
+        # Only the image column (and the file name) is read: Ray pushes the projection down into the reader.
+        dataset = ray.data.read_parquet(files, include_paths=True).select_columns([run.column, "path"])
     scored = dataset.map_batches(ScoreActor, fn_constructor_kwargs={"job": job, "kind": run.kind, "column": run.column},
                                  batch_format="pyarrow", **options)
     named = {os.path.abspath(f): f for f in files}  # Ray's name of a file -> the input's
