@@ -15,9 +15,11 @@ greedy score vs NCM expected value, and scoring throughput against a naive gener
 2. Throughput: the photos with a 1024 px long side, scored end to end (JPEG decoding, preprocessing,
    model) by the scorer (batched, forced answer prefix) and by a naive loop (one ``model.generate``
    per image, from the bare question, until the end of the answer), on the same images in the same run.
-3. ``--ablation``: the training recipe at 0, 1 and 2 decimals, each at ``--ablation-seeds`` seeds and a
-   shorter schedule (``--ablation-steps``), mean and spread over seeds, greedy and NCM apart; uses
-   ``--work`` of the training script (its synthetic train split).
+3. ``--ablation``: the answer at 0, 1 and 2 decimals, each at ``--ablation-seeds`` seeds: every arm
+   starts from a fresh language model (``build_tiny_model`` at the seed) carrying the benchmarked
+   model's vision tower, frozen, and learns to answer in ``--ablation-steps`` steps at lr
+   ``--ablation-lr`` on ``--work``'s synthetic train split (the training script's); mean and spread over
+   seeds, greedy and NCM apart. Only the answer's precision differs between arms.
 4. ``--references``: on the same held-out images, a classical baseline (image statistics + ridge,
    trained on the model's own train split, also on fewer of its photos) and the SRCC ceiling of a
    predictor blind to some distortion types (see ``classical_baseline.py``).
@@ -58,7 +60,7 @@ def training_script():
 # ---------------------------------------------------------------- held-out accuracy
 
 
-def synth_split(card, photos: str, videos: str, work: Path, synth: str | None, split: str = "test"):
+def synth_split(card, photos: list[str], videos: str, work: Path, synth: str | None, split: str = "test"):
     """A split of the model's synthetic set: from ``synth``, or regenerated (that split only) with the
     card's synth settings from the same sources as the training script's; the photos are checked
     against the card's held-out photos."""
@@ -68,7 +70,7 @@ def synth_split(card, photos: str, videos: str, work: Path, synth: str | None, s
 
     settings = card.extra["synth_settings"]
     folder = work / f"synth-{split}"
-    sources = training_script().gather_sources(Path(photos), Path(videos) if videos else None,
+    sources = training_script().gather_sources([Path(p) for p in photos], Path(videos) if videos else None,
                                                card.extra.get("frames_per_video", 0), work / "bench-sources")
     # The card records synthesize()'s own settings: pass them all, so a new setting cannot be forgotten here.
     _, paths = synthesize(sources, folder, **{**settings, "splits": [split]}, workers=2)
@@ -286,9 +288,10 @@ def print_throughput(t: dict, batch_size: int, threads: int) -> None:
 # ---------------------------------------------------------------- precision ablation
 
 
-def ablation(dataset, work: Path, seeds: list[int], steps: int) -> list[dict]:
-    """The demo recipe at 0, 1 and 2 decimals for each seed, ``steps`` optimiser steps each (trained now
-    unless present in WORK/ablation), scored on the held-out split through the training set's canvases."""
+def ablation(dataset, work: Path, model_dir: Path, seeds: list[int], steps: int, lr: float) -> list[dict]:
+    """The answer at 0, 1 and 2 decimals for each seed (see the module docstring), ``steps`` optimiser
+    steps each (trained now unless present in WORK/ablation), scored on the held-out split through the
+    training set's canvases."""
     script = training_script()
     train_manifest = work / "synth" / "train.jsonl"
     if not train_manifest.is_file():
@@ -302,8 +305,10 @@ def ablation(dataset, work: Path, seeds: list[int], steps: int) -> list[dict]:
             folder = work / "ablation" / f"decimals{decimals}-seed{seed}-steps{steps}"
             if not (folder / "config.json").is_file():
                 started = time.time()
-                script.train_model(work, train_manifest, folder, seed=seed,
-                                   overrides=[f"decimals={decimals}", f"max_steps={steps}"])
+                base = script.with_fresh_language_model(model_dir, work / "ablation" / f"base-seed{seed}", seed)
+                script.train_model(work, train_manifest, folder, seed=seed, init=base,
+                                   overrides=[f"decimals={decimals}", f"max_steps={steps}", f"learning_rate={lr}",
+                                              "train_vision_tower=false"])
                 (folder / "wall_seconds.txt").write_text(f"{time.time() - started:.0f}\n")
             # The set's images are the profile's canvases already: score them as they are.
             scorer = load_scorer(str(folder), device="cpu", batch_size=16, preprocessing="realqa")
@@ -389,7 +394,8 @@ def print_references(r: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model folder (default: the bundled demo model)")
-    parser.add_argument("--photos", default=str(ROOT.parent / "shared" / "data" / "photos"))
+    parser.add_argument("--photos", nargs="+", default=[str(ROOT.parent / "shared" / "data" / "photos")],
+                        help="the photo folders the model was trained from (the training script's --photos)")
     parser.add_argument("--videos", default=str(ROOT.parent / "shared" / "data" / "videos"))
     parser.add_argument("--synth", help="a `realqa data synth` folder whose test.jsonl to use (default: WORK/synth "
                         "when there, else the held-out split regenerated from the card's settings)")
@@ -399,7 +405,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--ablation", action="store_true", help="also train and compare 0/1/2 decimals")
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--ablation-steps", type=int, default=300, help="optimiser steps per ablation run")
+    parser.add_argument("--ablation-steps", type=int, default=400, help="optimiser steps per ablation run")
+    parser.add_argument("--ablation-lr", type=float, default=1e-3, help="learning rate of the ablation runs")
     parser.add_argument("--references", action="store_true",
                         help="also fit the classical baseline on the train split and print the blind-type ceilings")
     parser.add_argument("--json", help="write every figure to this JSON file too")
@@ -420,7 +427,8 @@ def main() -> None:
     figures = {}
     print(f"model: {model_dir}\nheld-out: {len(dataset)} images of {len(photos)} sources ({', '.join(photos)})\n")
 
-    held_out = [p for p in sorted(Path(args.photos).iterdir()) if p.stem in set(card.extra.get("held_out_photos", ()))]
+    held_out = sorted((p for folder in args.photos for p in Path(folder).iterdir()
+                       if p.stem in set(card.extra.get("held_out_photos", ()))), key=lambda p: p.stem)
     print(f"Held-out photos at four strengths, made at full resolution, scored as `realqa score` does "
           f"(profile {card.preprocessing!r}):\n")
     figures["strengths"] = strength_rows(scorer, held_out, work)
@@ -444,14 +452,16 @@ def main() -> None:
     print(f"distinct greedy quality answers on the held-out images: {len(distinct)} "
           f"(from {distinct[0] if distinct else None} to {distinct[-1] if distinct else None})\n")
 
-    speed = throughput(scorer, args.photos, args.images, args.batch_size)
+    speed = throughput(scorer, args.photos[0], args.images, args.batch_size)
     print_throughput(speed, args.batch_size, args.threads)
     figures["throughput"] = {k: v for k, v in speed.items() if k != "sizes"}
 
     if args.ablation:
-        print(f"\nPrecision ablation (the recipe at {args.ablation_steps} steps, seeds {args.ablation_seeds}, same data; "
-              "held-out split; mean ± standard deviation over seeds):\n")
-        figures["ablation"] = ablation(dataset, work, args.ablation_seeds, args.ablation_steps)
+        print(f"\nPrecision ablation (fresh language model, this model's vision tower frozen, {args.ablation_steps} "
+              f"steps at lr {args.ablation_lr:g}, seeds {args.ablation_seeds}, same data; held-out split; "
+              "mean ± standard deviation over seeds):\n")
+        figures["ablation"] = ablation(dataset, work, model_dir, args.ablation_seeds, args.ablation_steps,
+                                       args.ablation_lr)
         print_ablation(figures["ablation"])
     if args.references:
         print("\nReferences on the same held-out split:\n")

@@ -240,6 +240,16 @@ def test_frames_of_one_clip_share_a_split():
         assert set(split.values()) == {"train", "test"}
 
 
+def test_named_test_sources_are_exactly_the_test_split_and_a_missing_name_is_an_error():
+    names = [f"clip{c}__f{f}" for c in range(2) for f in range(3)] + [f"photo{i}" for i in range(6)]
+    split = split_photos(names, 0.25, 0, test_sources=["clip1", "photo4"])
+    assert sorted(n for n, s in split.items() if s == "test") == ["clip1__f0", "clip1__f1", "clip1__f2", "photo4"]
+    # Adding photos never moves a named one: the held-out set stays held out.
+    assert split_photos(names + ["photo9"], 0.25, 0, test_sources=["clip1", "photo4"])["photo4"] == "test"
+    with pytest.raises(ValueError, match="test sources not among the photos: photo7"):
+        split_photos(names, 0.25, 0, test_sources=["photo4", "photo7"])
+
+
 def test_visibility_set_stores_what_scoring_sees_and_labels_only_what_it_shows(photos, tmp_path):
     types = ["tilt", "saturation_loss", "noise", "gaussian_blur"]
     dataset, paths = synthesize(photos, tmp_path / "seen", seed=1, types=types, levels=6, views=1,

@@ -64,6 +64,9 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--out", required=True, help="output folder: images/, train.jsonl, test.jsonl, README.md")
     synth.add_argument("--seed", type=int, default=0, help="seed of the split by photo and of the distortions")
     synth.add_argument("--test-fraction", type=float, default=0.25, help="share of the photos held out (default 0.25)")
+    synth.add_argument("--test-sources", nargs="+", metavar="NAME",
+                       help="hold out exactly these sources (photo names without extension; a clip's frames "
+                       "CLIP__fN by CLIP) instead of a seeded share")
     synth.add_argument("--types", nargs="+", help="distortion types (default: all; see the README written)")
     synth.add_argument("--levels", type=int, default=5, help="severity levels per type (default 5)")
     synth.add_argument("--views", type=int, default=4, help="random crops per training photo (default 4)")
@@ -197,7 +200,7 @@ def _synth(args) -> int:
     dataset, paths = synthesize(args.photos, args.out, seed=args.seed, test_fraction=args.test_fraction,
                                 types=args.types, levels=args.levels, views=args.views, variants=args.variants,
                                 pairs=args.pairs, max_pixels=args.max_pixels, preprocessing=args.preprocessing,
-                                workers=args.workers)
+                                test_sources=args.test_sources, workers=args.workers)
     for split, path in paths.items():
         photos = len({s.info["photo"] for s in dataset.samples if s.split == split})
         print(f"wrote {path} ({dataset.split_counts()[split]} images of {photos} photos)")

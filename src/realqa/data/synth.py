@@ -344,8 +344,17 @@ def source_of(name: str) -> str:
     return name.split("__")[0]
 
 
-def split_photos(names: Sequence[str], test_fraction: float, seed: int) -> dict[str, str]:
-    """Photo name -> train/test, by the project's seeded group split (grouped by :func:`source_of`)."""
+def split_photos(names: Sequence[str], test_fraction: float, seed: int,
+                 test_sources: Sequence[str] | None = None) -> dict[str, str]:
+    """Photo name -> train/test, by the project's seeded group split (grouped by :func:`source_of`).
+
+    ``test_sources``: exactly these sources form the test split instead (a set held out by name stays
+    held out when photos are added, and can be kept away from a model a run starts from)."""
+    if test_sources is not None:
+        missing = sorted(set(test_sources) - {source_of(n) for n in names})
+        if missing:
+            raise ValueError(f"test sources not among the photos: {', '.join(missing)}")
+        return {n: TEST if source_of(n) in set(test_sources) else TRAIN for n in names}
     if not 0 < test_fraction < 1:
         raise ValueError(f"test fraction must be in (0, 1), got {test_fraction}")
     splits = random_split([source_of(n) for n in names], (1 - test_fraction, test_fraction), seed)
@@ -354,7 +363,8 @@ def split_photos(names: Sequence[str], test_fraction: float, seed: int) -> dict[
 
 def plan(photos: Sequence[Path], *, seed: int = 0, test_fraction: float = 0.25, types: Sequence[str] | None = None,
          levels: int = 5, views: int = 4, variants: int = 0, pairs: int = 0, max_pixels: int | None = None,
-         preprocessing: str | None = None, splits: Sequence[str] = (TRAIN, TEST)) -> list[Job]:
+         preprocessing: str | None = None, splits: Sequence[str] = (TRAIN, TEST),
+         test_sources: Sequence[str] | None = None) -> list[Job]:
     """Every image of the set: per view, the clean image, each type at each level (or, for training
     views with ``variants`` > 0, that many (type, level) draws from that grid), then ``pairs`` random
     pairs of compatible types at random levels. Test photos have one view: the whole photo, with the
@@ -372,7 +382,7 @@ def plan(photos: Sequence[Path], *, seed: int = 0, test_fraction: float = 0.25, 
                          "then the profile) exclude each other")
     if preprocessing is not None:
         profile(preprocessing)  # an unknown name fails here, naming the known ones
-    split_of = split_photos([p.stem for p in photos], test_fraction, seed)
+    split_of = split_photos([p.stem for p in photos], test_fraction, seed, test_sources)
     jobs = []
     for photo in photos:
         split = split_of[photo.stem]
@@ -528,7 +538,7 @@ def _sample(job: Job, relative: str, size: tuple[int, int], similarity: float | 
 def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, test_fraction: float = 0.25,
                types: Sequence[str] | None = None, levels: int = 5, views: int = 4, variants: int = 0,
                pairs: int = 0, max_pixels: int | None = None, preprocessing: str | None = None,
-               splits: Sequence[str] = (TRAIN, TEST), workers: int = 1,
+               splits: Sequence[str] = (TRAIN, TEST), test_sources: Sequence[str] | None = None, workers: int = 1,
                progress: Callable[[int, int], None] | None = None) -> tuple[Dataset, dict[str, Path]]:
     """Write the distorted images, ``train.jsonl``/``test.jsonl`` manifests, ``synth.json`` and a README.
 
@@ -537,7 +547,8 @@ def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: i
     out = Path(out)
     photos = find_photos(photos_dir)
     jobs = plan(photos, seed=seed, test_fraction=test_fraction, types=types, levels=levels, views=views,
-                variants=variants, pairs=pairs, max_pixels=max_pixels, preprocessing=preprocessing, splits=splits)
+                variants=variants, pairs=pairs, max_pixels=max_pixels, preprocessing=preprocessing, splits=splits,
+                test_sources=test_sources)
     out.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
     with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
@@ -549,13 +560,16 @@ def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: i
                 progress(done, len(jobs))
     settings = {"seed": seed, "test_fraction": test_fraction, "types": list(types or DISTORTIONS), "levels": levels,
                 "views": views, "variants": variants, "pairs": pairs, "max_pixels": max_pixels,
-                "preprocessing": preprocessing, "splits": list(splits)}
+                "preprocessing": preprocessing, "splits": list(splits),
+                "test_sources": sorted(test_sources) if test_sources is not None else None}
     dataset = Dataset(
         name="synth",
         mappings={"quality": ScoreMapping.onto_task("quality", (WORST, BEST), quantity="pseudo opinion score")},
         samples=samples,
-        split=SplitInfo("random", f"seeded shuffle of the source photos, {test_fraction:g} of them held out for test",
-                        seed=seed, ratios=(1 - test_fraction, test_fraction), group_by="photo"),
+        split=(SplitInfo("files", f"held out by name: {', '.join(sorted(test_sources))}", group_by="photo")
+               if test_sources is not None else
+               SplitInfo("random", f"seeded shuffle of the source photos, {test_fraction:g} of them held out for test",
+                         seed=seed, ratios=(1 - test_fraction, test_fraction), group_by="photo")),
         root=str(out.resolve()),
         image_folder="images",
         label_files=[],
@@ -564,7 +578,7 @@ def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: i
                f"quality: {FORMULA if preprocessing is None else VISIBILITY_RULE}; see synth.json"],
     )
     paths = write_manifests(dataset, out)
-    split_of = split_photos([p.stem for p in photos], test_fraction, seed)
+    split_of = split_photos([p.stem for p in photos], test_fraction, seed, test_sources)
     meta = {"settings": settings, "photos": {split: sorted(n for n, s in split_of.items() if s == split)
                                              for split in (TRAIN, TEST)},
             "counts": dataset.split_counts(),
