@@ -3,15 +3,15 @@
     OMP_NUM_THREADS=1 python scripts/train_demo_model.py --photos ../shared/data/photos \
         --videos ../shared/data/videos [--seed 0]
 
-The one run of this recipe so far (benchmarks/RESULTS.md, not shipped) added ``--init`` the previous bundled
-model (commit 1a00e00's ``src/realqa/models/demo``); from scratch, 600 steps learned one answer.
+The shipped model continues a lineage with ``--init`` (README, "The bundled demo model": the commands of
+every stage); from scratch, 600 steps of this recipe learned one answer.
 
 Steps (each timed): the sources (the photos, and frames of the videos: ``--frames`` per clip, named
 ``CLIP__fN`` so a clip's frames share a split) -> ``realqa data synth --preprocessing fragments`` on them
-(seeded split by source; every distortion made at the photo's own resolution, then the ``fragments``
+(held-out sources by name, ``HELD_OUT``; every distortion made at the photo's own resolution, then the ``fragments``
 preprocessing profile the model scores with, and a quality label from how visible the damage is in
 that input: see :mod:`realqa.data.synth`) -> a small Qwen2-VL-architecture model
-(``build_tiny_model``) with the structured initialisation below -> full training from scratch with
+(``build_tiny_model``) with the structured initialisation below, or ``--init`` -> full training with
 ``realqa.train`` on the quality question plus the exposure, clarity, saturation and level-shot attributes -> the
 model folder, with a card saying what it was trained on, that it scores through the ``fragments``
 profile, and what it cannot judge, copied to ``src/realqa/models/demo``. The set stores each image as
@@ -210,7 +210,8 @@ def write_card(folder: Path, synth_meta: dict, wall: dict, args) -> None:
     settings = synth_meta["settings"]
     card.description = (
         "realqa demo model: a small Qwen2-VL-architecture model (its own 512-token tokenizer, each digit a token) "
-        "trained from scratch on CPU to answer the quality question with two decimals, and the exposure, "
+        f"trained on CPU ({'continued from ' + args.init_name if args.init else 'from a structured initialisation'}) "
+        "to answer the quality question with two decimals, and the exposure, "
         "clarity, saturation and level-shot questions with the synthetic set's labels. It sees each image "
         "through the 'fragments' preprocessing profile (a 224 x 224 view of the whole photo beside 16 "
         "native-resolution 56 px fragments of it, 128 visual tokens) and rates technical degradations only "
@@ -221,7 +222,8 @@ def write_card(folder: Path, synth_meta: dict, wall: dict, args) -> None:
     )
     card.trained_on = [
         f"realqa data synth on {len(synth_meta['photos']['train'])} sources (photos of ../shared/data/photos, "
-        "frames of ../shared/data/videos named CLIP__fN) "
+        "debian_*: photos of Debian wallpaper packages by scripts/debian_photos.py, frames of "
+        "../shared/data/videos named CLIP__fN) "
         f"({', '.join(synth_meta['photos']['train'])}); settings {json.dumps(settings)}; "
         f"{synth_meta['counts']['train']} training images; quality label: {synth_meta['formula']}",
     ]
@@ -235,7 +237,7 @@ def write_card(folder: Path, synth_meta: dict, wall: dict, args) -> None:
                        + ", ".join(f"{k}={v}" for k, v in ARCHITECTURE.items()) + "), then the structured "
                        f"initialisation of scripts/train_demo_model.py ({DETAIL_CHANNELS} DCT detail channels)"),
         "synth_settings": settings,
-        "finetuning": "full (from scratch)",
+        "finetuning": "full" + (" (continued from --init)" if args.init else " (from scratch)"),
         "held_out_photos": synth_meta["photos"]["test"],
         "frames_per_video": args.frames,
         "cannot_judge": CANNOT_JUDGE,

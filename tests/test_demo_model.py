@@ -46,16 +46,29 @@ def test_demo_model_expects_a_lower_score_for_a_heavily_distorted_copy(scorer, d
     assert max(b.ncm for b in distorted) < min(a.ncm for a in clean) - 0.5  # every copy ranks below every photo
 
 
+def test_demo_model_ranks_the_damaged_example_copies_below_the_original(scorer):
+    """What `make demo` shows: blurred, noised and JPEG-damaged copies of motorcycle.jpg, a photo held out
+    of the model's training, below the original by the greedy score and by NCM."""
+    damaged = sorted((EXAMPLE_PHOTOS[0].parent / "damaged").glob("motorcycle_*.jpg"))
+    original, *copies = scorer.score([str(EXAMPLE_PHOTOS[0].parent / "motorcycle.jpg"), *map(str, damaged)])
+    assert len(copies) == 3 and all(r.status == "ok" for r in (original, *copies))
+    for copy in copies:
+        assert copy.score < original.score and copy.ncm < original.ncm, (copy.path, copy.score, copy.ncm,
+                                                                         original.score, original.ncm)
+
+
 def test_demo_model_card_says_what_it_was_trained_on_and_cannot_judge():
     card = read_card(DEMO)
-    assert sorted(card.tasks) == ["clarity", "exposure", "quality", "saturation"]
+    assert sorted(card.tasks) == ["clarity", "exposure", "level_shot", "quality", "saturation"]
     assert card.tasks["quality"].decimals == 2
     assert card.trained_on and "synth" in card.trained_on[0]
     assert any("aesthetic" in line for line in card.extra["cannot_judge"])
     assert any("semantic" in line for line in card.extra["cannot_judge"])
     assert card.extra["held_out_photos"] and card.extra["reproduce"].startswith("python scripts/train_demo_model.py")
     assert card.max_pixels < 200_704  # a small input keeps CPU scoring fast
-    # Its training images were distorted at its own input size (so the processor did not shrink them).
-    assert card.extra["synth_settings"]["max_pixels"] == card.max_pixels
+    # Its training images were distorted at the photos' own size, then made into the canvas it scores.
+    settings = card.extra["synth_settings"]
+    assert settings["preprocessing"] == card.preprocessing == "fragments" and settings.get("max_pixels") is None
+    assert settings["test_sources"] == sorted(card.extra["held_out_photos"])
     size = sum(f.stat().st_size for f in DEMO.rglob("*") if f.is_file())
     assert size < 20_000_000
