@@ -298,14 +298,17 @@ def ablation(dataset, work: Path, model_dir: Path, seeds: list[int], steps: int,
         raise SystemExit(f"{train_manifest} is missing: run scripts/train_demo_model.py --work {work} first")
     paths = [str(dataset.image_path(s)) for s in dataset.samples]
     labels = [s.scores["quality"] for s in dataset.samples]
-    rows = []
+    rows, bases = [], {}  # one fresh base per seed, shared by its three arms
     for decimals in (0, 1, 2):
         runs = []
         for seed in seeds:
             folder = work / "ablation" / f"decimals{decimals}-seed{seed}-steps{steps}"
             if not (folder / "config.json").is_file():
                 started = time.time()
-                base = script.with_fresh_language_model(model_dir, work / "ablation" / f"base-seed{seed}", seed)
+                if seed not in bases:
+                    bases[seed] = script.with_fresh_language_model(model_dir, work / "ablation" / f"base-seed{seed}",
+                                                                   seed)
+                base = bases[seed]
                 script.train_model(work, train_manifest, folder, seed=seed, init=base,
                                    overrides=[f"decimals={decimals}", f"max_steps={steps}", f"learning_rate={lr}",
                                               "train_vision_tower=false"])
