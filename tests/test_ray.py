@@ -90,6 +90,33 @@ def test_ray_reads_shards_and_tables_itself_in_input_order_and_resumes(tmp_path,
         _same([json.loads(line) for line in out.read_text().splitlines()], want)
 
 
+@pytest.mark.slow  # a local Ray cluster and its actors
+def test_ray_adds_the_row_for_a_shard_cut_at_a_members_header_and_does_not_repeat_it(tiny_model_dir, tmp_path,
+                                                                                      ray_cluster, capsys):
+    """A shard cut exactly where a member's header starts reads, to Ray Data as to tarfile, as a shorter whole
+    shard; the rows are still a one-process run's, the cut's own error row included, once after a resume."""
+    write_containers(tmp_path)
+    whole = (tmp_path / "shard-000.tar").read_bytes()
+    with tarfile.open(tmp_path / "shard-000.tar") as tar:
+        second = [m for m in tar.getmembers() if m.name.startswith("a/001")][0]
+    (tmp_path / "cut.tar").write_bytes(whole[:second.offset])
+    inputs = [str(tmp_path / "cut.tar"), str(tmp_path / "shard-001.tar")]
+    args = ["score", *inputs, "--model", str(tiny_model_dir), "--device", "cpu", "--quiet", "--batch-size", "2"]
+    local = tmp_path / "local.jsonl"
+    assert main([*args, "--out", str(local)]) == 0
+    want = [json.loads(line) for line in local.read_text().splitlines()]
+    assert [r["path"] for r in want[:2]] == [f"{tmp_path}/cut.tar#a/000", f"{tmp_path}/cut.tar#"]
+    assert want[1]["status"] == "error" and "no end-of-archive marker" in want[1]["error"]
+
+    out = tmp_path / "ray.jsonl"
+    shutil.copy(local.with_name(local.name + ".run.json"), out.with_name(out.name + ".run.json"))
+    for kept in (0, 2):  # from the start; killed just after the cut's row
+        out.write_text("".join(line + "\n" for line in local.read_text().splitlines()[:kept]))
+        assert main([*args, "--out", str(out), "--backend", "ray", "--ray-actors", "1", "--ray-batch-size", "3"]) == 0
+        assert "Ray Data could not read" not in capsys.readouterr().err  # Ray read the cut shard itself
+        _same([json.loads(line) for line in out.read_text().splitlines()], want)
+
+
 def test_resume_recognises_shard_rows_by_key_and_table_rows_by_index(tmp_path):
     """What a rerun reads again after a kill, decided from --out alone (no Ray, no shard listed)."""
     from realqa.ray_backend import FILES, _resume, _runs

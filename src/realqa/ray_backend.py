@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Sequence
 from .compat import require
 from .job import ScoreJob, iter_rows
 from .results import ResumableOutput, ScoreResult, read_complete_rows
-from .sources import PARQUET, TAR, SampleRef, Unlisted, collect, parse
+from .sources import PARQUET, TAR, SampleRef, Unlisted, collect, parse, tar_ends_whole
 
 __all__ = ["ScoreActor", "score_with_ray"]
 
@@ -206,7 +206,9 @@ def _score_run(ray, run: _Run, job: ScoreJob, options: dict, log: Callable[[str]
     try:
         for result in _read_run(ray, run, job, options):
             if not result.path.startswith(shard + "#"):  # rows come in shard order: the next shard with rows
-                shard, keys = next(s for s in shards if result.path.startswith(s + "#")), set()
+                following = next(s for s in shards if result.path.startswith(s + "#"))
+                yield from _cut_rows(ray, shards[shards.index(shard):shards.index(following)], keys, job, options, log)
+                shard, keys = following, set()
             keys.add(result.path[len(shard) + 1:])
             yield result
     except Exception as err:  # Ray Data's reader stops at a damaged shard (a truncated tar): its error types vary
@@ -217,6 +219,24 @@ def _score_run(ray, run: _Run, job: ScoreJob, options: dict, log: Callable[[str]
         begun = [ref for ref in collect(rest[0], column=run.column) if ref.key not in keys]
         listed = begun + [ref for file in rest[1:] for ref in collect(file, column=run.column)]
         yield from _score_run(ray, _Run(FILES, tuple(listed)), job, options, log)
+        return
+    yield from _cut_rows(ray, shards[shards.index(shard):], keys, job, options, log)
+
+
+def _cut_rows(ray, finished: list[str], keys: set[str], job: ScoreJob, options: dict,
+              log: Callable[[str], None]) -> Iterator[ScoreResult]:
+    """The ``shard.tar#`` error rows of the shards just read (the first one's keys done: ``keys``) that lack
+    the end-of-archive marker. Ray Data reads a shard cut at a member's header as a shorter whole one; a
+    one-process run adds a row for the cut after the shard's samples, and so does this (the shard is
+    listed to find it, which only a shard without the marker costs)."""
+    for n, shard in enumerate(finished):
+        if (n == 0 and "" in keys) or tar_ends_whole(shard):
+            continue
+        cut = [ref for ref in collect(shard) if ref.key == ""]
+        if cut:
+            if n == 0:
+                keys.add("")
+            yield from _score_run(ray, _Run(FILES, tuple(cut)), job, options, log)
 
 
 def _read_run(ray, run: _Run, job: ScoreJob, options: dict) -> Iterator[ScoreResult]:

@@ -247,6 +247,22 @@ def _tar_index(path: str, stamp: tuple[int, int]) -> _TarIndex:
     return _TarIndex(samples, problem)
 
 
+def tar_ends_whole(path: str) -> bool:
+    """Whether the file ends as a whole tar does, with the end-of-archive marker (two zero blocks) on the
+    block grid, read from its tail alone. False for a shard cut at or inside a member's header, which a tar
+    reader takes for a shorter shard; a cut shard passes only if its last member's data ends in 1 KiB of
+    zeros right at the cut."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            if size < 2 * tarfile.BLOCKSIZE or size % tarfile.BLOCKSIZE:
+                return False
+            file.seek(size - 2 * tarfile.BLOCKSIZE)
+            return not file.read().strip(b"\0")
+    except OSError:
+        return False
+
+
 def _collect_tar(path: str, column: str | None) -> list[str]:
     index = _tar_index(path, _stamp(path))
     refs: list[str] = [SampleRef(TAR, path, key, column=column) for key in index.samples]
