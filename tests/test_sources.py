@@ -20,7 +20,7 @@ from realqa.compat import MissingExtra
 from realqa.job import ModelOptions
 from realqa.media import MediaError, collect_inputs, load_image
 from realqa.models import demo_model_path
-from realqa.sources import SampleRef, parse
+from realqa.sources import SampleRef, Unlisted, parse
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -141,6 +141,18 @@ def test_unlisted_shards_and_tables_stay_whole_for_ray(containers):
     assert pickle.loads(pickle.dumps(inputs[2])).rows == 4
     with pytest.raises(MediaError, match="only --backend ray scores it"):  # not mistaken for an image file
         load_image(inputs[0])
+
+
+def test_a_table_whose_image_column_is_named_path_is_listed_even_for_ray(containers, tmp_path):
+    """Ray Data's Parquet reader adds a column "path" of its own; such a table's rows are listed instead, and
+    read one by one, as the same table under another column name would be read."""
+    folder, _ = containers
+    data = [f.read_bytes() for f in sorted(Path(folder).glob("*.jpg"))[:2]]
+    table = tmp_path / "named-path.parquet"
+    pq.write_table(pa.table({"path": data}), table)
+    inputs = collect_inputs([str(table)], unlisted=True)
+    assert inputs == [f"{table}#0", f"{table}#1"] and not any(isinstance(i, Unlisted) for i in inputs)
+    assert np.array_equal(np.asarray(load_image(inputs[1])), np.asarray(load_image(sorted(Path(folder).glob("*.jpg"))[1])))
 
 
 def test_samples_decode_to_the_same_pixels_as_the_files_or_fail_naming_the_sample(containers):

@@ -341,7 +341,9 @@ def _parquet_file(path: str, stamp: tuple[int, int], column: str | None) -> _Par
 
 def _collect_parquet(path: str, column: str | None, unlisted: bool = False) -> list[str]:
     table = _parquet_file(path, _stamp(path), column)
-    if not table.is_path and unlisted:
+    # Ray Data's reader names the file in a column "path" of its own: a table whose image column has that
+    # name is listed here instead, its rows read one by one.
+    if not table.is_path and unlisted and table.column != "path":
         return [Unlisted(PARQUET, path, table.column, table.rows)]
     if not table.is_path:
         return [SampleRef(PARQUET, path, row, column=column) for row in range(table.rows)]
