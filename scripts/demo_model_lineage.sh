@@ -7,10 +7,13 @@
 # 1. 1a00e00: from a structured initialisation, 100-token inputs, the 24 shared photos (1,500 steps).
 # 2. 687d8c7 on a set written by 7fbb1cc's code (JPEG quality 95-3, noise sigma 5-50): the 'fragments'
 #    canvas and visibility labels, --init stage 1, 1,400 steps, NCM loss 0.25.
-# 3. this tree: 18 more photos from Debian packages (scripts/debian_photos.py), 9 sources held out by
-#    name, cross-entropy only, --init stage 2; installs into WORK/installed (not into the package).
+# 3. 87aa5c8: 18 more photos from Debian packages (scripts/debian_photos.py), 9 sources held out by
+#    name, cross-entropy only, --init stage 2 (2,800 steps).
+# 4. this tree: JPEG block-edge filters implanted in stage 3's tower (--block-filters), a quarter of the
+#    attribute-only images for the quality question, --init stage 3, 2,400 steps; installs into
+#    WORK/installed (not into the package).
 #
-# About 1.6 hours on 2 CPU cores. Each stage is seeded; runs on two threads are not guaranteed to be
+# About 2.3 hours on 2 CPU cores. Each stage is seeded; runs on two threads are not guaranteed to be
 # bit-identical to the shipped weights.
 set -euo pipefail
 WORK=$(realpath -m "${1:?usage: demo_model_lineage.sh WORK [PHOTOS] [VIDEOS]}")
@@ -36,8 +39,13 @@ stage 687d8c7 tree-2
     --videos "$VIDEOS" --seed 0 --work "$WORK/stage-2" --install "$WORK/stage-2/installed" \
     --init "$WORK/stage-1/installed" --threads 2 --set max_steps=1400)
 
-cd "$ROOT"
-$PYTHON scripts/debian_photos.py --out "$WORK/debian-photos"
+$PYTHON "$ROOT/scripts/debian_photos.py" --out "$WORK/debian-photos"
+stage 87aa5c8 tree-3
+(cd "$WORK/tree-3" && OMP_NUM_THREADS=2 PYTHONPATH=src $PYTHON scripts/train_demo_model.py --photos "$PHOTOS" \
+    "$WORK/debian-photos" --videos "$VIDEOS" --seed 0 --work "$WORK/stage-3" --install "$WORK/stage-3/installed" \
+    --init "$WORK/stage-2/installed" --init-name "stage 2 of scripts/demo_model_lineage.sh" --threads 2)
+
+cd "$ROOT"  # stage 4 reuses stage 3's synthetic set (same settings)
 OMP_NUM_THREADS=2 $PYTHON scripts/train_demo_model.py --photos "$PHOTOS" "$WORK/debian-photos" --videos "$VIDEOS" \
-    --seed 0 --work "$WORK/stage-3" --install "$WORK/installed" --init "$WORK/stage-2/installed" \
-    --init-name "stage 2 of scripts/demo_model_lineage.sh" --threads 2
+    --seed 0 --work "$WORK/stage-3" --install "$WORK/installed" --init "$WORK/stage-3/installed" \
+    --init-name "stage 3 of scripts/demo_model_lineage.sh" --block-filters --threads 2 --set max_steps=2400

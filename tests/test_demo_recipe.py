@@ -1,0 +1,129 @@
+"""The demo model's recipe (scripts/train_demo_model.py): the JPEG block-edge filters see block edges and
+nothing else, the implant wires them as a fresh tower is wired, and the quality question's manifest
+thins out the attribute-only images."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import EXAMPLE_PHOTOS, ROOT
+from realqa.data.manifest import read_manifest
+from realqa.data.synth import synthesize
+from realqa.preprocessing import GLOBAL_SIDE, fragments_rgb
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import train_demo_model as recipe  # noqa: E402
+
+PATCH = 14
+
+
+def on_off_ratio(image: Image.Image) -> float:
+    """Mean |on-grid response| / mean |off-grid response| over the fragment patches of the canvas."""
+    luma = np.asarray(fragments_rgb(image).convert("L"), dtype=np.float32)[:, GLOBAL_SIDE:] / 255
+    side = luma.shape[0] // PATCH
+    patches = luma.reshape(side, PATCH, side, PATCH).transpose(0, 2, 1, 3).reshape(-1, PATCH, PATCH)
+    response = np.abs(np.einsum("nij,fij->nf", patches, recipe.block_filters(PATCH))).mean(0)
+    bands = len(recipe.BLOCK_BANDS)
+    on = np.r_[response[:bands], response[2 * bands:3 * bands]]
+    off = np.r_[response[bands:2 * bands], response[3 * bands:]]
+    return float(on.sum() / off.sum())
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """motorcycle.jpg at 1024 px wide, resampled twice so its own JPEG grid is gone."""
+    image = Image.open(next(p for p in EXAMPLE_PHOTOS if p.stem == "motorcycle")).convert("RGB")
+    smaller = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.LANCZOS)
+    return smaller.resize((1024, round(1024 * image.height / image.width)), Image.LANCZOS)
+
+
+def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(buffer).convert("RGB")
+
+
+def test_block_filters_see_jpeg_blocks_more_with_compression_and_not_noise(photo):
+    clean = on_off_ratio(photo)
+    assert 0.9 < clean < 1.1  # no edges on the 8 px grid: the two filters alike
+    ratios = [on_off_ratio(jpeg(photo, quality)) for quality in (50, 20, 5)]
+    assert clean < ratios[0] < ratios[1] < ratios[2] and ratios[2] > clean + 0.3, (clean, ratios)
+    noise = np.random.default_rng(0).normal(0, 20, (photo.height, photo.width, 3))
+    noised = Image.fromarray(np.clip(np.asarray(photo, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+    assert abs(on_off_ratio(noised) - 1) < 0.1
+
+
+def test_implanted_filters_are_wired_to_the_language_model_as_a_fresh_tower_wires_its_channels(tmp_path):
+    """Implanted into a tower whose every weight has moved (as training moves them), the filters' path is a
+    fresh structured_init tower's: rectified by block 0 into spare channels nothing else writes, averaged
+    by the merger into language-model dimensions of their own."""
+    from transformers import AutoModelForImageTextToText
+
+    fresh = AutoModelForImageTextToText.from_pretrained(recipe.build_base(tmp_path / "base", seed=0)).model.visual
+    implanted = AutoModelForImageTextToText.from_pretrained(tmp_path / "base").model.visual
+    with torch.no_grad():
+        for parameter in implanted.parameters():
+            parameter.normal_()
+    trained = {name: p.clone() for name, p in implanted.named_parameters()}
+    recipe.implant_block_filters(implanted)
+    filters = recipe.block_filters(PATCH)
+    sources = list(range(3, 3 + len(filters)))
+    units = [s - 1 for s in sources]
+    targets = [3 + recipe.DETAIL_CHANNELS + u for u in units]
+    rows = [r for u in units for r in (2 * u, 2 * u + 1)]
+    dims = [t - recipe.DETAIL_CHANNELS for t in targets]  # the language-model dimensions they reach
+    weight = implanted.patch_embed.proj.weight
+    for n, channel in enumerate(sources):  # every colour and both frames: luma, the same in each frame
+        expected = torch.tensor(filters[n], dtype=weight.dtype) * recipe.BLOCK_FILTER_SCALE / 6
+        assert torch.allclose(weight[channel], expected.expand_as(weight[channel]))
+
+    def same(get, index):
+        assert torch.equal(get(implanted)[index], get(fresh)[index])
+
+    same(lambda v: v.patch_embed.proj.weight, targets)
+    same(lambda v: v.blocks[0].norm2.weight, sources)
+    same(lambda v: v.blocks[0].mlp.fc1.weight, rows)
+    same(lambda v: v.blocks[0].mlp.fc1.bias, rows)
+    same(lambda v: v.blocks[0].mlp.fc2.weight, (slice(None), rows))
+    for block in range(len(fresh.blocks)):
+        for layer in ("attn.proj", "mlp.fc2"):
+            same(lambda v: v.get_submodule(f"blocks.{block}.{layer}").weight, targets)
+            same(lambda v: v.get_submodule(f"blocks.{block}.{layer}").bias, targets)
+    same(lambda v: v.merger.ln_q.weight, targets)
+    same(lambda v: v.merger.mlp[0].weight, dims)
+    same(lambda v: v.merger.mlp[0].bias, dims)
+    same(lambda v: v.merger.mlp[2].weight, dims)
+    same(lambda v: v.merger.mlp[2].weight, (slice(None), dims))
+    same(lambda v: v.merger.mlp[2].bias, dims)
+    assert implanted.blocks[0].mlp.fc2.weight[targets].abs().sum() > 0  # the magnitudes are written
+    # everything else keeps its trained value
+    others = [c for c in range(weight.shape[0]) if c not in sources + targets]
+    assert torch.equal(weight[others], trained["patch_embed.proj.weight"][others])
+    kept_dims = [d for d in range(implanted.merger.mlp[2].out_features) if d not in dims]
+    assert torch.equal(implanted.merger.mlp[2].bias[kept_dims], trained["merger.mlp.2.bias"][kept_dims])
+
+
+def test_quality_manifest_keeps_a_share_of_the_attribute_only_images(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for n, path in enumerate(EXAMPLE_PHOTOS[:2]):
+        Image.open(path).convert("RGB").resize((160, 112)).save(photos / f"p{n}.png")
+    _, paths = synthesize(photos, tmp_path / "synth", seed=1, types=["gaussian_blur", "tilt", "saturation_loss"],
+                          levels=4, views=2, test_fraction=0.5)
+    train = read_manifest(paths["train"])
+
+    def attribute_only(sample):
+        return bool(sample.info["distortions"]) and all(d["type"] != "gaussian_blur" for d in sample.info["distortions"])
+
+    kept = read_manifest(recipe.quality_manifest(paths["train"], share=0.25))
+    everything_else = [s.id for s in train.samples if not attribute_only(s)]
+    assert [s.id for s in kept.samples if not attribute_only(s)] == everything_else
+    dropped = [s.id for s in train.samples if attribute_only(s)]
+    assert len(dropped) >= 8 and [s.id for s in kept.samples if attribute_only(s)] == dropped[3::4]
+    assert read_manifest(paths["train"]).samples == train.samples  # the attribute questions' manifest is untouched
