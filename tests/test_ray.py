@@ -3,6 +3,7 @@
 import json
 import shutil
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,26 @@ def test_ray_adds_the_row_for_a_shard_cut_at_a_members_header_and_does_not_repea
         assert main([*args, "--out", str(out), "--backend", "ray", "--ray-actors", "1", "--ray-batch-size", "3"]) == 0
         assert "Ray Data could not read" not in capsys.readouterr().err  # Ray read the cut shard itself
         _same([json.loads(line) for line in out.read_text().splitlines()], want)
+
+
+@pytest.mark.slow  # a local Ray cluster and its actors
+def test_ray_scores_a_table_whose_image_column_is_named_path(tiny_model_dir, tmp_path, ray_cluster):
+    """Ray's Parquet reader adds a column "path" of its own (the run used to stop on the duplicate name):
+    such a table is listed and its rows read one by one, giving a one-process run's rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = write_images(tmp_path / "images", 3)
+    table = tmp_path / "named-path.parquet"
+    pq.write_table(pa.table({"path": [Path(p).read_bytes() for p in images] + [b"not an image"]}), table)
+    args = ["score", str(table), "--model", str(tiny_model_dir), "--device", "cpu", "--quiet"]
+    local, out = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert main([*args, "--out", str(local)]) == 0
+    assert main([*args, "--out", str(out), "--backend", "ray", "--ray-actors", "1"]) == 0
+    want = [json.loads(line) for line in local.read_text().splitlines()]
+    assert [r["path"] for r in want] == [f"{table}#{n}" for n in range(len(images) + 1)]
+    assert want[0]["status"] != "error" and want[-1]["status"] == "error"
+    _same([json.loads(line) for line in out.read_text().splitlines()], want)
 
 
 def test_resume_recognises_shard_rows_by_key_and_table_rows_by_index(tmp_path):
