@@ -35,7 +35,8 @@ fixed phase, and a pair of linear filters (steps across the grid's columns again
 tells blocks from texture: :func:`block_filters`. They take the place of 12 content-like DCT channels of
 the trained tower, their path to the language model is wired as :func:`structured_init` wires a fresh
 tower's (implanted into the filters alone, their signal was mixed away before it reached the language
-model, and 2,400 steps did not learn JPEG), and the whole model trains on. Photos larger than the
+model), and the whole model trains on. It still did not learn to rank JPEG on photos it had not seen
+(benchmarks/RESULTS.md, "Fourth stage"), though the signal now reaches the language model. Photos larger than the
 profile's 1024 px reference side are shrunk before their fragments are cut, which moves the grid: there
 the filters see nothing, as an eye sees little of an 8 px block shrunk by 4.
 """
