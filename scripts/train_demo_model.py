@@ -434,6 +434,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training key")
     args = parser.parse_args()
     args.init_name = args.init_name or args.init
+    if args.block_filters and not args.init:  # refused before minutes of synthesis
+        parser.error("--block-filters needs --init (a fresh tower starts from structured_init)")
 
     import torch
 
@@ -459,8 +461,6 @@ def main() -> None:
     output = work / "model"
     init = Path(args.init) if args.init else None
     if args.block_filters:
-        if init is None:
-            parser.error("--block-filters needs --init (a fresh tower starts from structured_init)")
         init = with_block_filters(init, work / "bases" / "block-filters")
     result = train_model(work, train_manifest, output, seed=args.seed, overrides=args.set, init=init)
     wall["train"] = round(time.time() - last, 1)
