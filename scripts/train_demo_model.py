@@ -229,6 +229,9 @@ def implant_block_filters(visual, gain: float = 2.0) -> None:
         weight[targets] = 0.0  # the spare channels start empty: only the magnitudes go there
         first_block = visual.blocks[0]
         first_block.norm2.weight[sources], first_block.norm2.bias[sources] = 1.0, 0.0
+        # the rectifier must read the filters themselves: a trained tower's block-0 attention writes other
+        # patches' content into these channels, and that drowned the JPEG signal before it was rectified
+        first_block.attn.proj.weight[sources], first_block.attn.proj.bias[sources] = 0.0, 0.0
         for block in visual.blocks:  # no attention and no other MLP unit writes into the spare channels
             for layer in (block.attn.proj, block.mlp.fc2):
                 layer.weight[targets] = 0.0

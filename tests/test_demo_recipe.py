@@ -88,6 +88,8 @@ def test_implanted_filters_are_wired_to_the_language_model_as_a_fresh_tower_wire
 
     same(lambda v: v.patch_embed.proj.weight, targets)
     same(lambda v: v.blocks[0].norm2.weight, sources)
+    same(lambda v: v.blocks[0].attn.proj.weight, sources)  # the rectifier reads the filters, not what a
+    same(lambda v: v.blocks[0].attn.proj.bias, sources)  # trained attention mixes in from other patches
     same(lambda v: v.blocks[0].mlp.fc1.weight, rows)
     same(lambda v: v.blocks[0].mlp.fc1.bias, rows)
     same(lambda v: v.blocks[0].mlp.fc2.weight, (slice(None), rows))
