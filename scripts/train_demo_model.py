@@ -61,6 +61,7 @@ ARCHITECTURE = {"hidden_size": 64, "layers": 2, "vision_width": 96, "vision_dept
 DETAIL_CHANNELS = 44  # luma DCT filters in the patch embedding (the rest: 3 colour means, their magnitudes)
 BLOCK_BANDS = (0, 6, 12)  # first rows of the two-row bands of the JPEG block-edge filters (--block-filters)
 BLOCK_FILTER_SCALE = 12.0  # their gain: clean responses about as large as the DCT channels'
+BLOCK_CONTRAST_GAIN = 3.0  # on JPEG canvases the contrast then averages ~1 per fragment token (quality ~20), ~3 at 2
 PREPROCESSING = "fragments"  # the scoring input: a 448 x 224 canvas, global view + native-resolution fragments
 MIN_PIXELS = MAX_PIXELS = FRAGMENT_CANVAS[0] * FRAGMENT_CANVAS[1]  # the processor keeps the canvas as it is
 TOKENS = MAX_PIXELS // (28 * 28)  # 128 visual tokens per image (after the 2x2 merge)
@@ -211,11 +212,13 @@ def block_filters(patch: int):
 def implant_block_filters(visual, gain: float = 2.0) -> None:
     """Give a trained tower of this recipe the block-edge filters (:func:`block_filters`) in place of its 12
     lowest-frequency DCT detail channels (3-14; those vary with content, not with blur or noise), and wire
-    their path to the language model again exactly as :func:`structured_init` wires a fresh tower: block 0
-    rectifies them into their spare channels, nothing else writes there, and the merger averages those
-    magnitudes over its 2 x 2 tokens into language-model dimensions of their own. Training then learns
-    what they mean (the JPEG signal is the on-grid magnitudes against the off-grid ones, which a tower
-    trained for other things mixed away)."""
+    their path to the language model as :func:`structured_init` wires a fresh tower: block 0 rectifies them
+    into their spare channels (reading the filters alone: its attention writes nothing there), and nothing
+    else writes there. The merger then passes one number, not 12: the on-grid magnitudes minus the off-grid
+    ones over its 2 x 2 tokens, times :data:`BLOCK_CONTRAST_GAIN`, in the first of their language-model
+    dimensions (the other 11 carry nothing). Given the magnitudes apart, a language model read them as edge
+    energy, which JPEG raises as sharpness does (benchmarks/RESULTS.md); their difference is about 0 on
+    clean, blurred or noised content and grows with blocking."""
     import torch
 
     with torch.no_grad():
@@ -248,13 +251,17 @@ def implant_block_filters(visual, gain: float = 2.0) -> None:
         first, last = merger.mlp[0], merger.mlp[2]
         merger.ln_q.weight[targets], merger.ln_q.bias[targets] = 1.0, 0.0
         shift = 4.0  # as in structured_init: GELU(z + 4) - 4 ~ z
-        for target in targets:
-            n = target - DETAIL_CHANNELS  # its place among structured_init's passed-on channels
+        dims = [target - DETAIL_CHANNELS for target in targets]  # their places among structured_init's channels
+        contrast = dims[0]
+        for n in dims:
             first.weight[n], first.bias[n] = 0.0, shift
+            last.weight[n], last.weight[:, n], last.bias[n] = 0.0, 0.0, 0.0
+        half = len(targets) // 4  # targets: on-grid then off-grid bands, vertical edges, then horizontal
+        for n, target in enumerate(targets):
+            sign = 1.0 if (n // half) % 2 == 0 else -1.0
             for token in range(4):
-                first.weight[n, token * width + target] = 0.25
-            last.weight[n], last.weight[:, n] = 0.0, 0.0
-            last.weight[n, n], last.bias[n] = 1.0, -shift
+                first.weight[contrast, token * width + target] = sign * 0.25 * BLOCK_CONTRAST_GAIN
+        last.weight[contrast, contrast], last.bias[contrast] = 1.0, -shift
 
 
 def build_base(folder: Path, seed: int) -> Path:

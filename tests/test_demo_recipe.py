@@ -1,6 +1,6 @@
 """The demo model's recipe (scripts/train_demo_model.py): the JPEG block-edge filters see block edges and
-nothing else, the implant wires them as a fresh tower is wired, and the quality question's manifest
-thins out the attribute-only images."""
+nothing else, the implant wires them as a fresh tower is wired and hands the language model their contrast,
+and the quality question's manifest thins out the attribute-only images."""
 
 from __future__ import annotations
 
@@ -98,17 +98,55 @@ def test_implanted_filters_are_wired_to_the_language_model_as_a_fresh_tower_wire
             same(lambda v: v.get_submodule(f"blocks.{block}.{layer}").weight, targets)
             same(lambda v: v.get_submodule(f"blocks.{block}.{layer}").bias, targets)
     same(lambda v: v.merger.ln_q.weight, targets)
-    same(lambda v: v.merger.mlp[0].weight, dims)
-    same(lambda v: v.merger.mlp[0].bias, dims)
-    same(lambda v: v.merger.mlp[2].weight, dims)
-    same(lambda v: v.merger.mlp[2].weight, (slice(None), dims))
-    same(lambda v: v.merger.mlp[2].bias, dims)
+    # the merger passes one number: the on-grid magnitudes minus the off-grid ones over its 2 x 2 tokens
+    first, last = implanted.merger.mlp[0], implanted.merger.mlp[2]
+    contrast = dims[0]
+    bands = len(recipe.BLOCK_BANDS)
+    signs = torch.tensor(([1.0] * bands + [-1.0] * bands) * 2) * 0.25 * recipe.BLOCK_CONTRAST_GAIN
+    expected = torch.zeros_like(first.weight[contrast])
+    for token in range(4):
+        expected[[token * weight.shape[0] + t for t in targets]] = signs
+    assert torch.equal(first.weight[contrast], expected)
+    assert not first.weight[dims[1:]].any() and torch.equal(first.bias[dims], torch.full((len(dims),), 4.0))
+    into, out_of = torch.zeros(last.weight.shape[0], len(dims)), torch.zeros(len(dims), last.weight.shape[1])
+    into[contrast, 0] = out_of[0, contrast] = 1.0
+    assert torch.equal(last.weight[:, dims], into) and torch.equal(last.weight[dims], out_of)
+    assert torch.equal(last.bias[dims], torch.tensor([-4.0] + [0.0] * (len(dims) - 1)))
     assert implanted.blocks[0].mlp.fc2.weight[targets].abs().sum() > 0  # the magnitudes are written
     # everything else keeps its trained value
     others = [c for c in range(weight.shape[0]) if c not in sources + targets]
     assert torch.equal(weight[others], trained["patch_embed.proj.weight"][others])
     kept_dims = [d for d in range(implanted.merger.mlp[2].out_features) if d not in dims]
     assert torch.equal(implanted.merger.mlp[2].bias[kept_dims], trained["merger.mlp.2.bias"][kept_dims])
+
+
+def test_the_language_model_gets_jpeg_blocking_as_one_number_that_noise_barely_raises(photo):
+    """Implanted into the bundled model's trained tower, through the real processor: the contrast dimension
+    of the merger's output, averaged over the fragment tokens, is about 0 on the clean photo, rises with
+    each step of JPEG compression, and noise raises it by less than half of what quality 20 does."""
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText
+
+    from realqa.models import demo_model_path
+
+    visual = AutoModelForImageTextToText.from_pretrained(demo_model_path()).model.visual.eval()
+    recipe.implant_block_filters(visual)
+    processor = AutoImageProcessor.from_pretrained(demo_model_path())
+    contrast = 3 + recipe.DETAIL_CHANNELS + 2 - recipe.DETAIL_CHANNELS  # the first filter's dimension (5)
+
+    def lm_contrast(image: Image.Image) -> float:
+        inputs = processor(images=[fragments_rgb(image)], return_tensors="pt",
+                           size={"shortest_edge": recipe.MIN_PIXELS, "longest_edge": recipe.MAX_PIXELS})
+        with torch.no_grad():
+            tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        rows, columns = (int(n) // 2 for n in inputs["image_grid_thw"][0, 1:])
+        return float(tokens[:, contrast].reshape(rows, columns)[:, columns // 2:].mean())  # the fragments
+
+    clean = lm_contrast(photo)
+    compressed = [lm_contrast(jpeg(photo, quality)) for quality in (50, 20, 5)]
+    noise = np.random.default_rng(0).normal(0, 20, (photo.height, photo.width, 3))
+    noised = lm_contrast(Image.fromarray(np.clip(np.asarray(photo, dtype=np.float32) + noise, 0, 255).astype(np.uint8)))
+    assert abs(clean) < 0.2 and clean + 0.4 < compressed[0] < compressed[1] < compressed[2], (clean, compressed)
+    assert noised - clean < 0.5 * (compressed[1] - clean), (clean, noised, compressed)
 
 
 def test_quality_manifest_keeps_a_share_of_the_attribute_only_images(tmp_path):
