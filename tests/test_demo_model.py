@@ -7,6 +7,8 @@ tests hold it to what benchmarks/demo_model.py shows it does, not to what a Real
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
@@ -71,6 +73,9 @@ def test_demo_model_card_says_what_it_was_trained_on_and_cannot_judge():
     assert any("semantic" in line for line in card.extra["cannot_judge"])
     assert card.extra["held_out_photos"] and card.extra["reproduce"].startswith("python scripts/train_demo_model.py")
     assert card.max_pixels < 200_704  # a small input keeps CPU scoring fast
+    # a plain transformers load of the folder sizes images as the card (and training) did
+    processor = json.loads((DEMO / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"shortest_edge": card.min_pixels, "longest_edge": card.max_pixels}
     # Its training images were distorted at the photos' own size, then made into the canvas it scores.
     settings = card.extra["synth_settings"]
     assert settings["preprocessing"] == card.preprocessing == "fragments" and settings.get("max_pixels") is None

@@ -345,6 +345,9 @@ def test_a_training_run_writes_a_model_card_that_scores(tiny_model_dir, toy, tmp
     result = train(load_config(None, overrides), log=lambda m: None)
     text = (out / "README.md").read_text()
     assert (out / "realqa_card.json").is_file()
+    # the saved processor sizes images as training did (the base's processor allows more pixels)
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"shortest_edge": SMALL_PIXELS["min_pixels"], "longest_edge": SMALL_PIXELS["max_pixels"]}
     front = _front_matter(text)
     assert front["library_name"] == "peft" and front["license"] == "apache-2.0" and "realqa" in front["tags"]
     final = result.held_out[-1]

@@ -4,6 +4,7 @@ people read (:mod:`realqa.train.card`)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -276,6 +277,13 @@ def _save(trainer, loaded: ScoringModel, config: TrainConfig, card: ModelCard) -
     if not trainer.is_world_process_zero():
         return
     loaded.tokenizer.save_pretrained(out)
-    loaded.image_processor.save_pretrained(out)
+    # The saved processor sizes images as training did, so a plain transformers load sees what the card says
+    # (the base's processor may carry other limits: the canvas would be resized to more tokens).
+    processor = copy.deepcopy(loaded.image_processor)
+    processor.size = {"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels}
+    for name, value in (("min_pixels", config.min_pixels), ("max_pixels", config.max_pixels)):
+        if hasattr(processor, name):
+            setattr(processor, name, value)
+    processor.save_pretrained(out)
     card.save(out)
     (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
