@@ -214,7 +214,7 @@ def default_model() -> str:
 
     folder = demo_model_path()
     print(f"note: no --model given; using the bundled demo model ({folder.name}): a small model trained on synthetic "
-          "technical distortions that ranks blur, noise and exposure roughly and JPEG damage not at all (see its "
+          "technical distortions that ranks blur, noise and exposure roughly and JPEG damage only at its strongest (see its "
           "card); pass --model for a RealQA checkpoint", file=sys.stderr)
     return str(folder)
 
