@@ -61,8 +61,9 @@ def test_block_filters_see_jpeg_blocks_more_with_compression_and_not_noise(photo
 
 def test_implanted_filters_are_wired_to_the_language_model_as_a_fresh_tower_wires_its_channels(tmp_path):
     """Implanted into a tower whose every weight has moved (as training moves them), the filters' path is a
-    fresh structured_init tower's: rectified by block 0 into spare channels nothing else writes, averaged
-    by the merger into language-model dimensions of their own."""
+    fresh structured_init tower's: rectified by block 0 into spare channels nothing else writes (block 0's
+    attention writes nothing into the filters either); the merger then hands the language model one number,
+    their on-grid minus off-grid magnitudes, in the first of their dimensions, the rest silent."""
     from transformers import AutoModelForImageTextToText
 
     fresh = AutoModelForImageTextToText.from_pretrained(recipe.build_base(tmp_path / "base", seed=0)).model.visual
@@ -131,7 +132,7 @@ def test_the_language_model_gets_jpeg_blocking_as_one_number_that_noise_barely_r
     visual = AutoModelForImageTextToText.from_pretrained(demo_model_path()).model.visual.eval()
     recipe.implant_block_filters(visual)
     processor = AutoImageProcessor.from_pretrained(demo_model_path())
-    contrast = 3 + recipe.DETAIL_CHANNELS + 2 - recipe.DETAIL_CHANNELS  # the first filter's dimension (5)
+    contrast = 5  # the first filter's language-model dimension: channel 3's place among those passed on
 
     def lm_contrast(image: Image.Image) -> float:
         inputs = processor(images=[fragments_rgb(image)], return_tensors="pt",
