@@ -9,11 +9,12 @@
 #    canvas and visibility labels, --init stage 1, 1,400 steps, NCM loss 0.25.
 # 3. 87aa5c8: 18 more photos from Debian packages (scripts/debian_photos.py), 9 sources held out by
 #    name, cross-entropy only, --init stage 2 (2,800 steps).
-# 4. this tree: JPEG block-edge filters implanted in stage 3's tower (--block-filters), a quarter of the
-#    attribute-only images for the quality question, --init stage 3, 2,400 steps; installs into
-#    WORK/installed (not into the package).
+# 4. c11aef1: JPEG block-edge filters implanted in stage 3's tower (--block-filters), a quarter of the
+#    attribute-only images for the quality question, --init stage 3, 2,400 steps.
+# 5. this tree: a chroma grain filter implanted in stage 4's tower (--grain-filter), --init stage 4,
+#    2,400 steps; installs into WORK/installed (not into the package).
 #
-# About 2.3 hours on 2 CPU cores. Each stage is seeded; runs on two threads are not guaranteed to be
+# About 3 hours on 2 CPU cores. Each stage is seeded; runs on two threads are not guaranteed to be
 # bit-identical to the shipped weights.
 set -euo pipefail
 WORK=$(realpath -m "${1:?usage: demo_model_lineage.sh WORK [PHOTOS] [VIDEOS]}")
@@ -45,7 +46,13 @@ stage 87aa5c8 tree-3
     "$WORK/debian-photos" --videos "$VIDEOS" --seed 0 --work "$WORK/stage-3" --install "$WORK/stage-3/installed" \
     --init "$WORK/stage-2/installed" --init-name "stage 2 of scripts/demo_model_lineage.sh" --threads 2)
 
-cd "$ROOT"  # stage 4 reuses stage 3's synthetic set (same settings)
+stage c11aef1 tree-4  # stages 4 and 5 reuse stage 3's synthetic set (same settings)
+(cd "$WORK/tree-4" && OMP_NUM_THREADS=2 PYTHONPATH=src $PYTHON scripts/train_demo_model.py --photos "$PHOTOS" \
+    "$WORK/debian-photos" --videos "$VIDEOS" --seed 0 --work "$WORK/stage-3" --install "$WORK/stage-4/installed" \
+    --init "$WORK/stage-3/installed" --init-name "stage 3 of scripts/demo_model_lineage.sh" --block-filters \
+    --threads 2 --set max_steps=2400)
+
+cd "$ROOT"
 OMP_NUM_THREADS=2 $PYTHON scripts/train_demo_model.py --photos "$PHOTOS" "$WORK/debian-photos" --videos "$VIDEOS" \
-    --seed 0 --work "$WORK/stage-3" --install "$WORK/installed" --init "$WORK/stage-3/installed" \
-    --init-name "stage 3 of scripts/demo_model_lineage.sh" --block-filters --threads 2 --set max_steps=2400
+    --seed 0 --work "$WORK/stage-3" --install "$WORK/installed" --init "$WORK/stage-4/installed" \
+    --init-name "stage 4 of scripts/demo_model_lineage.sh" --grain-filter --threads 2 --set max_steps=2400

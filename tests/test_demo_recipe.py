@@ -1,6 +1,7 @@
 """The demo model's recipe (scripts/train_demo_model.py): the JPEG block-edge filters see block edges and
-nothing else, the implant wires them as a fresh tower is wired and hands the language model their contrast,
-and the quality question's manifest thins out the attribute-only images."""
+nothing else, the implant wires them as a fresh tower is wired and hands the language model their contrast;
+the chroma grain filter has a path of its own and hands the language model noise, not texture; and the
+quality question's manifest thins out the attribute-only images."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from conftest import EXAMPLE_PHOTOS, ROOT
 from realqa.data.manifest import read_manifest
@@ -49,14 +50,18 @@ def jpeg(image: Image.Image, quality: int) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
+def noised(image: Image.Image, sigma: float, seed: int = 0) -> Image.Image:
+    """White Gaussian noise per pixel and channel (8-bit levels), as the benchmark's noise strengths."""
+    noise = np.random.default_rng(seed).normal(0, sigma, (image.height, image.width, 3))
+    return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
 def test_block_filters_see_jpeg_blocks_more_with_compression_and_not_noise(photo):
     clean = on_off_ratio(photo)
     assert 0.9 < clean < 1.1  # no edges on the 8 px grid: the two filters alike
     ratios = [on_off_ratio(jpeg(photo, quality)) for quality in (50, 20, 5)]
     assert clean < ratios[0] < ratios[1] < ratios[2] and ratios[2] > clean + 0.3, (clean, ratios)
-    noise = np.random.default_rng(0).normal(0, 20, (photo.height, photo.width, 3))
-    noised = Image.fromarray(np.clip(np.asarray(photo, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
-    assert abs(on_off_ratio(noised) - 1) < 0.1
+    assert abs(on_off_ratio(noised(photo, 20)) - 1) < 0.1
 
 
 def test_implanted_filters_are_wired_to_the_language_model_as_a_fresh_tower_wires_its_channels(tmp_path):
@@ -121,33 +126,109 @@ def test_implanted_filters_are_wired_to_the_language_model_as_a_fresh_tower_wire
     assert torch.equal(implanted.merger.mlp[2].bias[kept_dims], trained["merger.mlp.2.bias"][kept_dims])
 
 
-def test_the_language_model_gets_jpeg_blocking_as_one_number_that_noise_barely_raises(photo):
-    """Implanted into the bundled model's trained tower, through the real processor: the contrast dimension
-    of the merger's output, averaged over the fragment tokens, is about 0 on the clean photo, rises with
-    each step of JPEG compression, and noise raises it by less than half of what quality 20 does."""
+def language_model_dimension(visual, processor, image: Image.Image, dim: int) -> float:
+    """One dimension of the merger's output (what the language model reads), averaged over the fragment tokens
+    of the image's canvas, through the real processor at the recipe's size."""
+    inputs = processor(images=[fragments_rgb(image)], return_tensors="pt",
+                       size={"shortest_edge": recipe.MIN_PIXELS, "longest_edge": recipe.MAX_PIXELS})
+    with torch.no_grad():
+        tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+    rows, columns = (int(n) // 2 for n in inputs["image_grid_thw"][0, 1:])
+    return float(tokens[:, dim].reshape(rows, columns)[:, columns // 2:].mean())
+
+
+@pytest.fixture
+def bundled_tower():
+    """The bundled model's vision tower and processor (a fresh copy per test: tests implant into it)."""
     from transformers import AutoImageProcessor, AutoModelForImageTextToText
 
     from realqa.models import demo_model_path
 
     visual = AutoModelForImageTextToText.from_pretrained(demo_model_path()).model.visual.eval()
+    return visual, AutoImageProcessor.from_pretrained(demo_model_path())
+
+
+def test_the_language_model_gets_jpeg_blocking_as_one_number_that_noise_barely_raises(bundled_tower, photo):
+    """Implanted into the bundled model's trained tower, through the real processor: the contrast dimension
+    of the merger's output, averaged over the fragment tokens, is about 0 on the clean photo, rises with
+    each step of JPEG compression, and noise raises it by less than half of what quality 20 does."""
+    visual, processor = bundled_tower
     recipe.implant_block_filters(visual)
-    processor = AutoImageProcessor.from_pretrained(demo_model_path())
     contrast = 5  # the first filter's language-model dimension: channel 3's place among those passed on
-
-    def lm_contrast(image: Image.Image) -> float:
-        inputs = processor(images=[fragments_rgb(image)], return_tensors="pt",
-                           size={"shortest_edge": recipe.MIN_PIXELS, "longest_edge": recipe.MAX_PIXELS})
-        with torch.no_grad():
-            tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
-        rows, columns = (int(n) // 2 for n in inputs["image_grid_thw"][0, 1:])
-        return float(tokens[:, contrast].reshape(rows, columns)[:, columns // 2:].mean())  # the fragments
-
-    clean = lm_contrast(photo)
-    compressed = [lm_contrast(jpeg(photo, quality)) for quality in (50, 20, 5)]
-    noise = np.random.default_rng(0).normal(0, 20, (photo.height, photo.width, 3))
-    noised = lm_contrast(Image.fromarray(np.clip(np.asarray(photo, dtype=np.float32) + noise, 0, 255).astype(np.uint8)))
+    clean = language_model_dimension(visual, processor, photo, contrast)
+    compressed = [language_model_dimension(visual, processor, jpeg(photo, quality), contrast) for quality in (50, 20, 5)]
+    noisy = language_model_dimension(visual, processor, noised(photo, 20), contrast)
     assert abs(clean) < 0.2 and clean + 0.4 < compressed[0] < compressed[1] < compressed[2], (clean, compressed)
-    assert noised - clean < 0.5 * (compressed[1] - clean), (clean, noised, compressed)
+    assert noisy - clean < 0.5 * (compressed[1] - clean), (clean, noisy, compressed)
+
+
+def test_grain_filter_has_a_path_of_its_own_to_one_language_model_dimension(tmp_path):
+    """Implanted into a tower whose every weight has moved, the grain filter and its mirror fill the three
+    channels structured_init leaves free; block 0 rectifies their difference into the third, nothing else
+    writes into or reads from them, and the merger passes the magnitude (less the mean of the filter and its
+    mirror) in the block-edge filters' second, silent, language-model dimension; everything else is kept."""
+    from transformers import AutoModelForImageTextToText
+
+    visual = AutoModelForImageTextToText.from_pretrained(recipe.build_base(tmp_path / "base", seed=0)).model.visual
+    with torch.no_grad():
+        for parameter in visual.parameters():
+            parameter.normal_()
+    trained = {name: p.clone() for name, p in visual.named_parameters()}
+    recipe.implant_grain_filter(visual)
+    width = visual.patch_embed.proj.weight.shape[0]
+    plus, minus, magnitude = channels = [width - 3, width - 2, width - 1]
+    assert plus == 3 + recipe.DETAIL_CHANNELS + 2 + recipe.DETAIL_CHANNELS  # the first channel structured_init leaves
+    units = [2 * (2 + recipe.DETAIL_CHANNELS), 2 * (2 + recipe.DETAIL_CHANNELS) + 1]
+    weight = visual.patch_embed.proj.weight
+    expected = torch.tensor(recipe.grain_filter(PATCH), dtype=weight.dtype)[:, None] * recipe.GRAIN_FILTER_SCALE / 2
+    assert torch.allclose(weight[plus], expected.expand_as(weight[plus])) and torch.equal(weight[minus], -weight[plus])
+    assert not weight[magnitude].any()
+    assert np.allclose(recipe.grain_filter(PATCH).sum(0), 0)  # no luma: red minus green
+    for n, block in enumerate(visual.blocks):
+        assert not block.attn.qkv.weight[:, channels].any() and not block.attn.proj.weight[channels].any()
+        assert not block.attn.proj.bias[channels].any() and not block.mlp.fc2.bias[channels].any()
+        reading = block.mlp.fc1.weight[:, channels].abs().sum(1).nonzero().flatten().tolist()
+        writing = block.mlp.fc2.weight[channels].abs().sum(0).nonzero().flatten().tolist()
+        assert (reading, writing) == ((units, units) if n == 0 else ([], [])), n
+    fc1, fc2 = visual.blocks[0].mlp.fc1, visual.blocks[0].mlp.fc2
+    assert torch.equal(fc1.weight[units][:, [plus, minus]], torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))  # gain 2, halved
+    assert not fc1.bias[units].any() and not fc1.weight[units][:, :plus].any()
+    assert torch.equal(fc2.weight[:, units].nonzero(), torch.tensor([[magnitude, 0], [magnitude, 1]]))
+    norm = visual.blocks[0].norm2
+    assert torch.equal(norm.weight[channels], torch.ones(3)) and not norm.bias[channels].any()
+    first, last = visual.merger.mlp[0], visual.merger.mlp[2]
+    dim = 3 + recipe.BLOCK_SOURCES[1] - 1
+    read = first.weight.view(first.weight.shape[0], 4, width)[:, :, channels]
+    assert read[[d for d in range(first.weight.shape[0]) if d != dim]].abs().sum() == 0
+    share = 0.25 * recipe.GRAIN_GAIN
+    assert torch.equal(read[dim], torch.tensor([[-share / 2, -share / 2, share]] * 4))
+    assert first.weight[dim].count_nonzero() == 12 and first.bias[dim] == 4.0
+    assert torch.equal(last.weight[:, dim].nonzero().flatten(), torch.tensor([dim])) and last.weight[dim, dim] == 1.0
+    assert last.weight[dim].count_nonzero() == 1 and last.bias[dim] == -4.0
+    others = [c for c in range(width) if c not in channels]
+    assert torch.equal(weight[others], trained["patch_embed.proj.weight"][others])
+    kept = [d for d in range(last.out_features) if d != dim]
+    assert torch.equal(last.bias[kept], trained["merger.mlp.2.bias"][kept])
+
+
+def test_the_language_model_gets_noise_not_texture_from_the_grain_filter(bundled_tower, photo):
+    """Through the real processor and the bundled tower: the grain dimension rises with noise sigma 10 and 20
+    and stays up at 35 (the layer norms divide it by a token scale that noise raises too, so it saturates
+    there); JPEG and blur do not raise it; and no clean example photo (fur, a motorcycle's detail, a printed
+    portrait) reaches what the mildest noise gives any of them."""
+    from realqa.preprocessing import realqa_rgb
+
+    visual, processor = bundled_tower
+    recipe.implant_grain_filter(visual)  # as it was trained: the bundled model carries the implant already
+    dim = 3 + recipe.BLOCK_SOURCES[1] - 1
+    grain = [language_model_dimension(visual, processor, noised(photo, sigma), dim) for sigma in (0, 10, 20, 35)]
+    assert grain[0] < 0.2 and grain[0] + 0.5 < grain[1] < grain[2] and grain[3] > grain[1], grain
+    for name, other in (("jpeg 20", jpeg(photo, 20)), ("blur 2", photo.filter(ImageFilter.GaussianBlur(2)))):
+        assert language_model_dimension(visual, processor, other, dim) < grain[0] + 0.1, name
+    examples = [realqa_rgb(Image.open(p)) for p in EXAMPLE_PHOTOS]
+    clean = [language_model_dimension(visual, processor, image, dim) for image in examples]
+    mild = [language_model_dimension(visual, processor, noised(image, 10), dim) for image in examples]
+    assert max(clean) < min(mild), (clean, mild)
 
 
 def test_quality_manifest_keeps_a_share_of_the_attribute_only_images(tmp_path):
