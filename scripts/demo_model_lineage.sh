@@ -55,4 +55,4 @@ stage c11aef1 tree-4  # stages 4 and 5 reuse stage 3's synthetic set (same setti
 cd "$ROOT"
 OMP_NUM_THREADS=2 $PYTHON scripts/train_demo_model.py --photos "$PHOTOS" "$WORK/debian-photos" --videos "$VIDEOS" \
     --seed 0 --work "$WORK/stage-3" --install "$WORK/installed" --init "$WORK/stage-4/installed" \
-    --init-name "stage 4 of scripts/demo_model_lineage.sh" --grain-filter --threads 2 --set max_steps=2400
+    --init-name "stage 4 of scripts/demo_model_lineage.sh (JPEG block-edge filters implanted)" --grain-filter --threads 2 --set max_steps=2400

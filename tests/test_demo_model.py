@@ -42,26 +42,26 @@ def test_demo_model_expects_a_lower_score_for_a_heavily_distorted_copy(scorer, d
     photos = [Image.open(p).convert("RGB") for p in EXAMPLE_PHOTOS]
     clean = scorer.score(photos)
     distorted = scorer.score([distort(p) for p in photos])
+    # Its NCM values span about 1.5 to 4.6. The smallest drop today: rocket.jpg (clean 3.37, itself scored low)
+    # to 2.90 darkened; the model before the grain filter dropped it by 1.10, the held-out set's
+    # underexposure ranking rose meanwhile (SRCC 0.66 -> 0.78, benchmarks/RESULTS.md).
     for a, b in zip(clean, distorted):
-        assert b.ncm < a.ncm - 0.75, (a.path, a.ncm, b.ncm)  # its NCM values span about 1.5 to 4
+        assert b.ncm < a.ncm - 0.4, (a.path, a.ncm, b.ncm)
         assert b.status == "ok" and b.score < a.score, (a.path, a.score, b.score)
-    assert max(b.ncm for b in distorted) < min(a.ncm for a in clean) - 0.5  # every copy ranks below every photo
+    assert max(b.ncm for b in distorted) < min(a.ncm for a in clean) - 0.25  # every copy ranks below every photo
 
 
 def test_demo_model_ranks_the_damaged_example_copies_below_the_original(scorer):
     """What `make demo` shows: blurred, noised and JPEG (quality 10) copies of motorcycle.jpg, a photo held out
-    of the model's training, below the original. Blur and noise by the greedy score and by NCM; the JPEG copy
-    by NCM, its greedy answer no higher (both 5.00 today: the model ranks JPEG more weakly, README)."""
+    of the model's training, below the original, by the greedy score and by NCM (the JPEG copy by at least 0.1:
+    the model ranks JPEG more weakly than blur and noise, README)."""
     folder = EXAMPLE_PHOTOS[0].parent
     damaged = [folder / "damaged" / f"motorcycle_{name}.jpg" for name in ("blur3", "noise20", "jpeg10")]
     original, *copies = scorer.score([str(folder / "motorcycle.jpg"), *map(str, damaged)])
     assert all(r.status == "ok" for r in (original, *copies))
-    *blurred_and_noised, compressed = copies
-    for copy in blurred_and_noised:
-        assert copy.score < original.score and copy.ncm < original.ncm, (copy.path, copy.score, copy.ncm,
-                                                                         original.score, original.ncm)
-    assert compressed.ncm < original.ncm - 0.1 and compressed.score <= original.score, (
-        compressed.score, compressed.ncm, original.score, original.ncm)
+    for copy in copies:
+        assert copy.score < original.score and copy.ncm < original.ncm - 0.1, (copy.path, copy.score, copy.ncm,
+                                                                               original.score, original.ncm)
 
 
 def test_demo_model_card_says_what_it_was_trained_on_and_cannot_judge():
