@@ -73,7 +73,7 @@ def synth_split(card, photos: list[str], videos: str, work: Path, synth: str | N
     sources = training_script().gather_sources([Path(p) for p in photos], Path(videos) if videos else None,
                                                card.extra.get("frames_per_video", 0), work / "bench-sources")
     # The card records synthesize()'s own settings: pass them all, so a new setting cannot be forgotten here.
-    _, paths = synthesize(sources, folder, **{**settings, "splits": [split]}, workers=2)
+    _, paths = synthesize(sources, folder, **{**settings, "splits": [split]}, workers=2, overwrite=True)
     dataset = read_manifest(paths[split])
     held_out = set(card.extra.get("held_out_photos") or ())
     found = {s.info["photo"] for s in dataset.samples}

@@ -556,10 +556,9 @@ def main() -> None:
     done = synth_meta.is_file() and all(json.loads(synth_meta.read_text())["settings"].get(k) == v
                                         for k, v in settings.items())
     if not done:  # a rerun in the same work folder reuses the set (same settings, same images)
-        shutil.rmtree(work / "synth", ignore_errors=True)
         sources = gather_sources([Path(p) for p in args.photos], Path(args.videos) if args.videos else None, args.frames,
                                  work / "sources")
-        synthesize(sources, work / "synth", workers=args.workers, **settings)
+        synthesize(sources, work / "synth", workers=args.workers, overwrite=True, **settings)
     wall["synth"] = "reused" if done else round(time.time() - last, 1)
     last = stage(f"synthetic set in {work / 'synth'}{' (reused)' if done else ''}", started)
     train_manifest = work / "synth" / "train.jsonl"

@@ -184,6 +184,36 @@ def test_cli_synth(photos, tmp_path, capsys):
     assert code == 0 and "SSIM" in json.loads((tmp_path / "v" / "synth.json").read_text())["formula"]
 
 
+def test_a_set_is_never_written_over_another_in_place(photos, tmp_path, capsys):
+    """Written into a folder that holds a set, a new one would leave the old one's other images and
+    manifests beside it, under labels that no longer match: refused, unless told to replace what is there
+    (then nothing of the old set is left); through a link, replacing is refused, and the linked set kept."""
+    from realqa.cli import main
+
+    first = ["data", "synth", "--photos", str(photos), "--types", "noise", "--levels", "2", "--views", "1"]
+    out = tmp_path / "set"
+    assert main([*first, "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (out / "images" / "stale.png").write_bytes(b"from an older set")
+    capsys.readouterr()
+    again = ["data", "synth", "--photos", str(photos), "--types", "jpeg", "--levels", "1", "--views", "1"]
+    assert main([*again, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert str(out) in error and "not empty" in error and "--overwrite" in error
+    assert all(p.read_bytes() == data for p, data in before.items())  # nothing written
+
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    assert main([*again, "--out", str(link), "--overwrite"]) == 2
+    assert "a link to" in capsys.readouterr().err and (out / "images" / "stale.png").is_file()
+
+    assert main([*again, "--out", str(out), "--overwrite"]) == 0
+    samples = [s for manifest in out.glob("*.jsonl") for s in read_manifest(manifest).samples]
+    assert {d["type"] for s in samples for d in s.info["distortions"]} == {"jpeg"}  # no manifest of the old set
+    images = {str(p.relative_to(out)) for p in (out / "images").rglob("*") if p.is_file()}
+    assert images == {s.image for s in samples}  # the new set's images, and no other
+
+
 def test_working_size_shrinks_to_the_budget_on_the_28_px_grid_and_never_enlarges():
     assert working_size(1024, 683, None) == (1024, 683)
     assert working_size(1024, 683, 28 * 28 * 100) == (336, 224)  # what the processor makes of it

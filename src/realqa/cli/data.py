@@ -80,6 +80,8 @@ def add_commands(subparsers) -> None:
                        help="distort at each photo's own resolution, store the output of this preprocessing profile "
                             "and label quality by how visible the damage is in it (SSIM; needs scikit-image)")
     synth.add_argument("--workers", type=int, default=1, help="processes writing images (default 1)")
+    synth.add_argument("--overwrite", action="store_true", help="replace what --out holds (default: refuse a "
+                       "folder that is not empty)")
     synth.set_defaults(run=_synth)
 
     bench = subparsers.add_parser("bench", help="score test splits or LLaMA-Factory test files; SRCC/PLCC per dataset")
@@ -200,7 +202,7 @@ def _synth(args) -> int:
     dataset, paths = synthesize(args.photos, args.out, seed=args.seed, test_fraction=args.test_fraction,
                                 types=args.types, levels=args.levels, views=args.views, variants=args.variants,
                                 pairs=args.pairs, max_pixels=args.max_pixels, preprocessing=args.preprocessing,
-                                test_sources=args.test_sources, workers=args.workers)
+                                test_sources=args.test_sources, workers=args.workers, overwrite=args.overwrite)
     for split, path in paths.items():
         photos = len({s.info["photo"] for s in dataset.samples if s.split == split})
         print(f"wrote {path} ({dataset.split_counts()[split]} images of {photos} photos)")

@@ -57,6 +57,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -535,12 +536,35 @@ def _sample(job: Job, relative: str, size: tuple[int, int], similarity: float | 
                         **({"ssim": round(similarity, 6)} if similarity is not None else {})})
 
 
+def _empty_folder(out: Path, overwrite: bool) -> None:
+    """``out`` as an empty folder, or an error naming it and what it holds."""
+    if out.is_symlink() and overwrite:
+        raise FileExistsError(f"{out}: a link to {out.resolve()}; to write a set over that folder, name it itself")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: a file, not a folder for a synthetic set")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        raise FileExistsError(f"{out}: not empty ({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); a "
+                              "synthetic set is written into a new or empty folder (--overwrite replaces what is there)")
+    for name in held:
+        entry = out / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, test_fraction: float = 0.25,
                types: Sequence[str] | None = None, levels: int = 5, views: int = 4, variants: int = 0,
                pairs: int = 0, max_pixels: int | None = None, preprocessing: str | None = None,
                splits: Sequence[str] = (TRAIN, TEST), test_sources: Sequence[str] | None = None, workers: int = 1,
-               progress: Callable[[int, int], None] | None = None) -> tuple[Dataset, dict[str, Path]]:
-    """Write the distorted images, ``train.jsonl``/``test.jsonl`` manifests, ``synth.json`` and a README.
+               progress: Callable[[int, int], None] | None = None,
+               overwrite: bool = False) -> tuple[Dataset, dict[str, Path]]:
+    """Write the distorted images, ``train.jsonl``/``test.jsonl`` manifests, ``synth.json`` and a README
+    into ``out``, a new or empty folder; ``overwrite`` empties it first (a symbolic link is refused then:
+    name the folder itself). Writing over a set in place would leave the old set's other images and
+    manifests beside the new ones, under labels that no longer match them.
 
     Returns the dataset and {split: manifest path}.
     """
@@ -549,7 +573,7 @@ def synthesize(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: i
     jobs = plan(photos, seed=seed, test_fraction=test_fraction, types=types, levels=levels, views=views,
                 variants=variants, pairs=pairs, max_pixels=max_pixels, preprocessing=preprocessing, splits=splits,
                 test_sources=test_sources)
-    out.mkdir(parents=True, exist_ok=True)
+    _empty_folder(out, overwrite)
     samples: list[Sample] = []
     with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
         for done, (job, (relative, size, similarity)) in enumerate(
