@@ -92,13 +92,13 @@ RECIPE = {"finetuning": "full", "learning_rate": 3e-4, "epochs": 100, "max_steps
           "ncm_loss_weight": 0.0, "gradient_checkpointing": False, "decimals": 2}
 CANNOT_JUDGE = [  # what benchmarks/demo_model.py measured for the shipped run of this recipe
     "a precise score: on its 9 held-out photos (8 from Debian packages and skimage's motorcycle, none trained on) "
-    "its ranking agrees with the visibility labels at SRCC 0.51 greedy / 0.54 NCM (a classical baseline of image "
+    "its ranking agrees with the visibility labels at SRCC 0.54 greedy / 0.56 NCM (a classical baseline of image "
     "statistics and a ridge regression reaches 0.53 on the same split, see benchmarks/RESULTS.md); clean held-out "
-    "photos get a mean NCM of 3.5, not 5, and some answers are erratic (a clean held-out photo of a forest scores "
-    "1.35-1.55 at every JPEG strength)",
+    "photos get a mean NCM of 3.6, not 5, and some answers are erratic (a clean held-out photo of a forest scores "
+    "1.51 at every JPEG strength)",
     "JPEG compression reliably: on held-out photos at JPEG quality 95/50/20/5 it ranks mostly the strongest "
-    "(mean Spearman -0.60 greedy / -0.53 NCM; Gaussian blur -0.83 / -0.96, noise -0.69 / -0.96); downscaling "
-    "and motion blur little better than chance; 45 distinct greedy answers on 909 held-out images: read "
+    "(mean Spearman -0.60 greedy / -0.69 NCM; Gaussian blur -0.90 / -0.91, noise -0.83 / -0.98); downscaling "
+    "and motion blur little better than chance; 42 distinct greedy answers on 909 held-out images: read "
     "the NCM value for a finer ranking",
     "tilt and saturation as quality: they are attributes here (level shot, saturation), never a quality cost",
     "aesthetics, composition, lighting quality or subject matter: it never saw a label about them",
@@ -481,6 +481,7 @@ def write_card(folder: Path, synth_meta: dict, wall: dict, args) -> None:
         "cannot_judge": CANNOT_JUDGE,
         "reproduce": f"python scripts/train_demo_model.py --photos PHOTOS --videos VIDEOS --seed {args.seed}"
                      + (" --init INIT" + "".join(" --" + name.replace("_", "-") for name in implants(args))
+                        + "".join(f" --set {setting}" for setting in args.set)
                         + " (every stage from scratch: bash scripts/demo_model_lineage.sh WORK)" if args.init else ""),
         "wall_seconds": wall,
         "train_config": config,
