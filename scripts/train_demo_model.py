@@ -75,6 +75,7 @@ BLOCK_SOURCES = range(3, 15)  # the patch-embedding channels the block-edge filt
 GRAIN_FREQUENCY = (5, 5)  # the chroma grain filter's DCT frequency (--grain-filter)
 GRAIN_FILTER_SCALE = 4.0  # small beside the other channels: the layer norms' token scale barely moves with it
 GRAIN_GAIN = 6.0  # its mean over the fragment tokens is then ~0.06 on clean canvases, ~1.4 on noised ones
+MERGER_SHIFT = 4.0  # the merger passes z as GELU(z + 4) - 4 ~ z: signs of the normalised values survive the activation
 PREPROCESSING = "fragments"  # the scoring input: a 448 x 224 canvas, global view + native-resolution fragments
 MIN_PIXELS = MAX_PIXELS = FRAGMENT_CANVAS[0] * FRAGMENT_CANVAS[1]  # the processor keeps the canvas as it is
 TOKENS = MAX_PIXELS // (28 * 28)  # 128 visual tokens per image (after the 2x2 merge)
@@ -181,7 +182,7 @@ def structured_init(visual, detail_channels: int = DETAIL_CHANNELS, gain: float 
         kept = [0, 1, 2, *range(3 + detail_channels, 3 + detail_channels + 2 + detail_channels)]
         if len(kept) > last.out_features:
             raise ValueError(f"{len(kept)} channels to pass on, the language model has {last.out_features} dimensions")
-        shift = 4.0  # GELU(z + 4) - 4 ~ z for the normalised values, so signs survive the activation
+        shift = MERGER_SHIFT
         for module in (first, last):
             module.weight.zero_()
             module.bias.zero_()
@@ -191,6 +192,14 @@ def structured_init(visual, detail_channels: int = DETAIL_CHANNELS, gain: float 
             first.bias[n] = shift
             last.weight[n, n] = 1.0
             last.bias[n] = -shift
+
+
+def silence_writes(visual, channels) -> None:
+    """No attention or MLP output of any block writes into ``channels`` of the residual stream (call under
+    ``torch.no_grad()``)."""
+    for block in visual.blocks:
+        for layer in (block.attn.proj, block.mlp.fc2):
+            layer.weight[channels], layer.bias[channels] = 0.0, 0.0
 
 
 def block_filters(patch: int):
@@ -247,10 +256,7 @@ def implant_block_filters(visual, gain: float = 2.0) -> None:
         # the rectifier must read the filters themselves: a trained tower's block-0 attention writes other
         # patches' content into these channels, and that drowned the JPEG signal before it was rectified
         first_block.attn.proj.weight[sources], first_block.attn.proj.bias[sources] = 0.0, 0.0
-        for block in visual.blocks:  # no attention and no other MLP unit writes into the spare channels
-            for layer in (block.attn.proj, block.mlp.fc2):
-                layer.weight[targets] = 0.0
-                layer.bias[targets] = 0.0
+        silence_writes(visual, targets)  # no attention and no other MLP unit writes into the spare channels
         fc1, fc2 = first_block.mlp.fc1, first_block.mlp.fc2
         for source, unit, target in zip(sources, units, targets):
             rows = [2 * unit, 2 * unit + 1]
@@ -262,7 +268,7 @@ def implant_block_filters(visual, gain: float = 2.0) -> None:
         merger = visual.merger
         first, last = merger.mlp[0], merger.mlp[2]
         merger.ln_q.weight[targets], merger.ln_q.bias[targets] = 1.0, 0.0
-        shift = 4.0  # as in structured_init: GELU(z + 4) - 4 ~ z
+        shift = MERGER_SHIFT
         dims = [target - DETAIL_CHANNELS for target in targets]  # their places among structured_init's channels
         contrast = dims[0]
         for n in dims:
@@ -311,9 +317,8 @@ def implant_grain_filter(visual, gain: float = 2.0) -> None:
             raise ValueError(f"vision width {width} leaves no free channels for the grain filter")
         response = torch.tensor(grain_filter(patch), dtype=weight.dtype) * GRAIN_FILTER_SCALE / frames
         weight[plus], weight[minus], weight[magnitude] = response[:, None], -response[:, None], 0.0
-        for block in visual.blocks:  # a path of its own: nothing else writes or reads these channels
-            for layer in (block.attn.proj, block.mlp.fc2):
-                layer.weight[channels], layer.bias[channels] = 0.0, 0.0
+        silence_writes(visual, channels)  # a path of its own: nothing else writes or reads these channels
+        for block in visual.blocks:
             block.attn.qkv.weight[:, channels] = 0.0
             block.mlp.fc1.weight[:, channels] = 0.0
         first_block = visual.blocks[0]
@@ -330,7 +335,7 @@ def implant_grain_filter(visual, gain: float = 2.0) -> None:
         for token in range(4):
             first.weight[:, [token * width + c for c in channels]] = 0.0
         dim = 3 + BLOCK_SOURCES[1] - 1  # the second block-edge filter's place among structured_init's dimensions
-        shift = 4.0  # as in structured_init: GELU(z + 4) - 4 ~ z
+        shift = MERGER_SHIFT
         first.weight[dim], first.bias[dim] = 0.0, shift
         for token in range(4):  # the magnitude less the mean of the filter and its mirror (0 before the norm):
             for channel, share in ((magnitude, 1.0), (plus, -0.5), (minus, -0.5)):  # the norm's token mean cancels

@@ -29,6 +29,11 @@ class Example:
     extra: dict = field(default_factory=dict)
 
 
+def processor_size(min_pixels: int, max_pixels: int) -> dict:
+    """The Qwen2-VL image processor's ``size`` for these pixel bounds."""
+    return {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+
+
 class ExampleBuilder:
     """Turns (image, token ids with one image placeholder) into an :class:`Example`.
 
@@ -51,7 +56,7 @@ class ExampleBuilder:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels} and {max_pixels}")
         self.image_processor = image_processor
         self.image_token_id = image_token_id
-        self.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        self.size = processor_size(min_pixels, max_pixels)
         self.max_image_pixels = max_image_pixels
         self.profile = profile(preprocessing)
         self.merge = getattr(image_processor, "merge_size", 2)

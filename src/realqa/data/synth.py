@@ -546,12 +546,8 @@ def _empty_folder(out: Path, overwrite: bool) -> None:
     if held and not overwrite:
         raise FileExistsError(f"{out}: not empty ({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); a "
                               "synthetic set is written into a new or empty folder (--overwrite replaces what is there)")
-    for name in held:
-        entry = out / name
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    if held:  # overwrite, and not through a link: rmtree removes links inside without following them
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
 

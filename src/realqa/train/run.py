@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..batching import ExampleBuilder
+from ..batching import ExampleBuilder, processor_size
 from ..compat import accepts_token_types
 from ..model import ModelCard, ScoringModel, load_model
 from ..tasks import DEFAULT_TASKS
@@ -280,7 +280,7 @@ def _save(trainer, loaded: ScoringModel, config: TrainConfig, card: ModelCard) -
     # The saved processor sizes images as training did, so a plain transformers load sees what the card says
     # (the base's processor may carry other limits: the canvas would be resized to more tokens).
     processor = copy.deepcopy(loaded.image_processor)
-    processor.size = {"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels}
+    processor.size = processor_size(config.min_pixels, config.max_pixels)
     for name, value in (("min_pixels", config.min_pixels), ("max_pixels", config.max_pixels)):
         if hasattr(processor, name):
             setattr(processor, name, value)
