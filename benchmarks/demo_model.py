@@ -126,6 +126,36 @@ def print_accuracy(rows: list[dict]) -> None:
         print(f"| {r['type']} | {r['images']} | {agreement_cells(r)} |")
 
 
+def photo_rows(dataset, results) -> dict:
+    """Where the overall ranking is lost: per held-out photo, the mean NCM of its canvases labelled 5.00
+    (clean, tilted or saturation-shifted: no visible damage) and of its damaged ones, and the ranking within
+    the photo; then the overall NCM ranking once each photo's mean NCM is moved to its mean label (what a
+    model whose only error were a per-photo offset, i.e. content read as damage, would reach)."""
+    labels = np.array([s.scores["quality"] for s in dataset.samples])
+    ncm = np.array([np.nan if r.ncm is None else r.ncm for r in results])
+    photo = np.array([s.info["photo"] for s in dataset.samples])
+    rows, shifted = [], ncm.copy()
+    for name in sorted(set(photo)):
+        mine = (photo == name) & ~np.isnan(ncm)
+        intact, damaged = mine & (labels == 5.0), mine & (labels < 5.0)
+        rows.append({"photo": name, "images": int(mine.sum()), "intact_ncm": float(ncm[intact].mean()),
+                     "damaged_label": float(labels[damaged].mean()), "damaged_ncm": float(ncm[damaged].mean()),
+                     "srcc": evaluate(list(ncm[mine]), list(labels[mine])).srcc})
+        shifted[mine] += labels[mine].mean() - ncm[mine].mean()
+    known = ~np.isnan(ncm)
+    return {"photos": rows, "offsets_removed_srcc": evaluate(list(shifted[known]), list(labels[known])).srcc}
+
+
+def print_photos(figures: dict) -> None:
+    print("| held-out photo | images | NCM, canvases labelled 5.00 | damaged: mean label | damaged: mean NCM | "
+          "SRCC NCM within the photo |\n|---|---|---|---|---|---|")
+    for r in figures["photos"]:
+        print(f"| {r['photo']} | {r['images']} | {r['intact_ncm']:.2f} | {r['damaged_label']:.2f} | "
+              f"{r['damaged_ncm']:.2f} | {r['srcc']:.3f} |")
+    print(f"\nSRCC NCM over all held-out canvases once each photo's mean NCM is moved to its mean label: "
+          f"{figures['offsets_removed_srcc']:.3f}")
+
+
 def attribute_rows(dataset, results, names) -> list[dict]:
     """Per attribute the model was trained on: accuracy and macro-F1 of its answers on the held-out
     images, beside the accuracy of always answering the most common held-out label."""
@@ -450,6 +480,9 @@ def main() -> None:
     clean = [r.ncm for r, s in zip(results, dataset.samples) if not s.info["distortions"] and r.ncm is not None]
     print(f"\nclean test photos: mean NCM score {statistics.mean(clean) if clean else float('nan'):.2f} (label 5.00)\n")
     figures["held_out"] = rows
+    figures["photos"] = photo_rows(dataset, results)
+    print_photos(figures["photos"])
+    print()
     distinct = sorted({r.score for r in results if r.score is not None})
     figures["distinct_greedy"] = len(distinct)
     print(f"distinct greedy quality answers on the held-out images: {len(distinct)} "

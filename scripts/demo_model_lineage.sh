@@ -12,10 +12,11 @@
 # 4. c11aef1: JPEG block-edge filters implanted in stage 3's tower (--block-filters), a quarter of the
 #    attribute-only images for the quality question, --init stage 3, 2,400 steps.
 # 5. this tree: a chroma grain filter implanted in stage 4's tower (--grain-filter), --init stage 4,
-#    2,400 steps; then 1,200 more at lr 1e-4, tower frozen; installs into WORK/installed (not into the
-#    package).
+#    2,400 steps; then 1,200 more at lr 1e-4, tower frozen.
+# 6. this tree: brightness steps implanted in stage 5's tower (--exposure-steps), --init stage 5, 2,400
+#    steps, tower frozen; installs into WORK/installed (not into the package).
 #
-# About 3 hours on 2 CPU cores. Each stage is seeded; runs on two threads are not guaranteed to be
+# About 3.5 hours on 2 CPU cores. Each stage is seeded; runs on two threads are not guaranteed to be
 # bit-identical to the shipped weights.
 set -euo pipefail
 WORK=$(realpath -m "${1:?usage: demo_model_lineage.sh WORK [PHOTOS] [VIDEOS]}")
@@ -58,6 +59,9 @@ OMP_NUM_THREADS=2 $PYTHON scripts/train_demo_model.py --photos "$PHOTOS" "$WORK/
     --seed 0 --work "$WORK/stage-3" --install "$WORK/stage-5/installed" --init "$WORK/stage-4/installed" \
     --init-name "stage 4 of scripts/demo_model_lineage.sh (JPEG block-edge filters implanted)" --grain-filter --threads 2 --set max_steps=2400
 OMP_NUM_THREADS=2 $PYTHON scripts/train_demo_model.py --photos "$PHOTOS" "$WORK/debian-photos" --videos "$VIDEOS" \
-    --seed 0 --work "$WORK/stage-3" --install "$WORK/installed" --init "$WORK/stage-5/installed" \
+    --seed 0 --work "$WORK/stage-3" --install "$WORK/stage-5/continued" --init "$WORK/stage-5/installed" \
     --init-name "stage 5 of scripts/demo_model_lineage.sh after its first 2,400 steps (grain filter implanted)" \
     --threads 2 --set max_steps=1200 --set learning_rate=1e-4 --set train_vision_tower=false
+OMP_NUM_THREADS=2 $PYTHON scripts/train_demo_model.py --photos "$PHOTOS" "$WORK/debian-photos" --videos "$VIDEOS" \
+    --seed 0 --work "$WORK/stage-3" --install "$WORK/installed" --init "$WORK/stage-5/continued" \
+    --init-name "stage 5 of scripts/demo_model_lineage.sh" --exposure-steps --threads 2 --set max_steps=2400

@@ -42,13 +42,13 @@ def test_demo_model_expects_a_lower_score_for_a_heavily_distorted_copy(scorer, d
     photos = [Image.open(p).convert("RGB") for p in EXAMPLE_PHOTOS]
     clean = scorer.score(photos)
     distorted = scorer.score([distort(p) for p in photos])
-    # Its NCM values span about 1.5 to 4.6. The smallest drop today: rocket.jpg (clean 3.17, itself scored low)
-    # to 2.80 darkened; the model before the grain filter dropped it by 1.10, the held-out set's
-    # underexposure ranking rose meanwhile (SRCC 0.66 -> 0.81, benchmarks/RESULTS.md).
+    # Its NCM values span about 1.4 to 4.8. The smallest drop today: rocket.jpg, a dusk photo (clean 3.09, the
+    # lowest), to 2.24 darkened; before the brightness steps (benchmarks/RESULTS.md, "Sixth stage") the tower
+    # hardly told it from its darkened copy (3.17 -> 2.80).
     for a, b in zip(clean, distorted):
-        assert b.ncm < a.ncm - 0.3, (a.path, a.ncm, b.ncm)
+        assert b.ncm < a.ncm - 0.6, (a.path, a.ncm, b.ncm)
         assert b.status == "ok" and b.score < a.score, (a.path, a.score, b.score)
-    assert max(b.ncm for b in distorted) < min(a.ncm for a in clean) - 0.25  # every copy ranks below every photo
+    assert max(b.ncm for b in distorted) < min(a.ncm for a in clean) - 0.5  # every copy ranks below every photo
 
 
 def test_demo_model_ranks_the_damaged_example_copies_below_the_original(scorer):

@@ -231,6 +231,99 @@ def test_the_language_model_gets_noise_not_texture_from_the_grain_filter(bundled
     assert max(clean) < min(mild), (clean, mild)
 
 
+def test_exposure_steps_have_a_path_of_their_own_to_ten_language_model_dimensions(tmp_path):
+    """Implanted into a tower whose every weight has moved: two detail channels become the patch's mean
+    brightness and its mirror, their magnitude channels a constant and its mirror (block 0's attention bias,
+    the only write), nothing else reads or writes the four; the merger's next 80 hidden units compare
+    brightness with each level for each of its 4 tokens, and nothing but those units feeds dimensions 7-16;
+    the replaced channels' dimensions go silent; everything else is kept; implanting twice changes nothing."""
+    from transformers import AutoModelForImageTextToText
+
+    visual = AutoModelForImageTextToText.from_pretrained(recipe.build_base(tmp_path / "base", seed=0)).model.visual
+    with torch.no_grad():
+        for parameter in visual.parameters():
+            parameter.normal_()
+    trained = {name: p.clone() for name, p in visual.named_parameters()}
+    recipe.implant_exposure_steps(visual)
+    once = {name: p.clone() for name, p in visual.named_parameters()}
+    recipe.implant_exposure_steps(visual)
+    assert all(torch.equal(once[name], p) for name, p in visual.named_parameters())
+
+    weight = visual.patch_embed.proj.weight
+    width = weight.shape[0]
+    bright, mirror = sources = list(recipe.EXPOSURE_SOURCES)
+    constant, constant_mirror = targets = [3 + recipe.DETAIL_CHANNELS + s - 1 for s in sources]
+    channels = [*sources, *targets]
+    expected = torch.full_like(weight[bright], recipe.EXPOSURE_SCALE / weight[bright].numel())  # a mean
+    assert torch.allclose(weight[bright], expected) and torch.equal(weight[mirror], -weight[bright])
+    assert not weight[targets].any()
+    for n, block in enumerate(visual.blocks):
+        assert not block.attn.qkv.weight[:, channels].any() and not block.mlp.fc1.weight[:, channels].any()
+        assert not block.attn.proj.weight[channels].any() and not block.mlp.fc2.weight[channels].any()
+        assert not block.mlp.fc2.bias[channels].any()
+        bias = block.attn.proj.bias[channels].tolist()
+        assert bias == ([0.0, 0.0, recipe.EXPOSURE_SCALE, -recipe.EXPOSURE_SCALE] if n == 0 else [0.0] * 4), n
+    first, last = visual.merger.mlp[0], visual.merger.mlp[2]
+    read = first.weight.view(first.weight.shape[0], 4, width)[:, :, channels]
+    used = 3 + 2 + recipe.DETAIL_CHANNELS
+    steps = list(range(used, used + 8 * len(recipe.EXPOSURE_LEVELS)))
+    assert read.abs().sum((1, 2)).nonzero().flatten().tolist() == steps
+    for unit in steps:  # each step unit reads the four channels of one token, and nothing else
+        assert read[unit].abs().sum(1).count_nonzero() == 1 and first.weight[unit].count_nonzero() == 4
+    dims = list(range(7, 17))
+    assert [last.weight[d].nonzero().flatten().tolist() for d in dims] == [steps[8 * n:8 * n + 8] for n in range(10)]
+    assert last.weight[:, steps].abs().sum(1).nonzero().flatten().tolist() == dims
+    assert torch.equal(last.bias[dims], torch.full((10,), -recipe.EXPOSURE_GAIN / 2))
+    silent = [target - recipe.DETAIL_CHANNELS for target in targets]
+    assert not last.weight[silent].any() and not last.weight[:, silent].any() and not last.bias[silent].any()
+    others = [c for c in range(width) if c not in channels]
+    assert torch.equal(weight[others], trained["patch_embed.proj.weight"][others])
+    kept = [d for d in range(last.out_features) if d not in dims + silent]
+    assert torch.equal(last.weight[kept][:, [u for u in range(first.out_features) if u not in steps + silent]],
+                       trained["merger.mlp.2.weight"][kept][:, [u for u in range(first.out_features)
+                                                                   if u not in steps + silent]])
+
+
+def test_exposure_steps_give_the_share_of_patches_above_each_grey_level(bundled_tower):
+    """Through the real processor and the bundled tower: the ten dimensions read back the share of the
+    canvas's 14 px patches whose mean grey lies above each level, to within 0.02, for a photo, the photo
+    darkened to a quarter and brightened until it clips: the layer norms' division by the token scale, which
+    hides a uniform darkening from the rest of the tower, does not hide it from these."""
+    from realqa.preprocessing import realqa_rgb
+
+    visual, processor = bundled_tower
+    recipe.implant_exposure_steps(visual)
+    photo = realqa_rgb(Image.open(next(p for p in EXAMPLE_PHOTOS if p.stem == "astronaut")))
+    darker = Image.eval(photo, lambda v: v // 4)
+    clipped = Image.eval(photo, lambda v: min(255, v * 3))
+    shares = []
+    for image in (photo, darker, clipped):
+        canvas = fragments_rgb(image)
+        inputs = processor(images=[canvas], return_tensors="pt",
+                           size={"shortest_edge": recipe.MIN_PIXELS, "longest_edge": recipe.MAX_PIXELS})
+        with torch.no_grad():
+            tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        read = (tokens[:, 7:17].mean(0).numpy() + 1) / 2
+        grey = np.asarray(canvas, dtype=np.float32).mean(2) / 255
+        rows, columns = grey.shape[0] // PATCH, grey.shape[1] // PATCH
+        patches = grey.reshape(rows, PATCH, columns, PATCH).mean((1, 3))
+        true = np.array([(patches > level).mean() for level in recipe.EXPOSURE_LEVELS])
+        assert np.abs(read - true).max() < 0.02, (read.round(3), true.round(3))
+        shares.append(true)
+    assert shares[1][3] < shares[0][3] - 0.3 and shares[2][-1] > shares[0][-1] + 0.2  # the three differ
+
+
+def test_the_bundled_tower_carries_every_implant_as_made(bundled_tower):
+    """The bundled model was trained with its tower frozen after each implant: making them all again, in
+    their order, changes no weight (a tower trained after an implant, or an implant changed since, would)."""
+    visual, _ = bundled_tower
+    shipped = {name: p.clone() for name, p in visual.named_parameters()}
+    for implant in recipe.IMPLANTS.values():
+        implant(visual)
+    changed = [name for name, p in visual.named_parameters() if not torch.equal(p, shipped[name])]
+    assert not changed, changed
+
+
 def test_quality_manifest_keeps_a_share_of_the_attribute_only_images(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
