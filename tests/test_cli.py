@@ -108,6 +108,17 @@ def test_usage_errors_are_one_line_and_exit_2(format_model_dir, tmp_path, capsys
     assert "must end in .csv, .jsonl or .parquet" in capsys.readouterr().err
 
 
+def test_a_mistyped_model_or_adapter_folder_is_named_as_missing(format_model_dir, tmp_path, capsys):
+    """Not transformers' "Repo id must be in the form 'repo_name' ...": the path the user typed, and why."""
+    for path in (tmp_path / "no-such-model", "./no-such-model"):
+        assert main(["score", str(EXAMPLE_PHOTOS[0]), "--model", str(path), "--quiet"]) == 2
+        assert f"model {path}: no such file or folder" in capsys.readouterr().err
+    missing = tmp_path / "no-such-adapter"
+    assert main(["score", str(EXAMPLE_PHOTOS[0]), "--model", str(format_model_dir), "--adapter", str(missing),
+                 "--quiet"]) == 2
+    assert f"adapter {missing}: no such file or folder" in capsys.readouterr().err
+
+
 def test_default_model_is_the_bundled_demo_model(tmp_path, capsys):
     out = tmp_path / "scores.jsonl"
     assert main(["score", str(EXAMPLE_PHOTOS[0]), "--quiet", "--out", str(out)]) == 0

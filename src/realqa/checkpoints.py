@@ -60,6 +60,13 @@ def is_hub_id(spec: str | Path) -> bool:
     return not Path(str(spec)).exists() and bool(_REPO_ID.match(repo))
 
 
+def require_source(spec: str | Path, what: str = "model") -> None:
+    """Refuse ``spec`` at once when it is neither a local path that exists nor a hub id: transformers would
+    otherwise report a mistyped folder as an invalid repo id."""
+    if not Path(str(spec)).exists() and not is_hub_id(spec):
+        raise FileNotFoundError(f"{what} {spec}: no such file or folder (nor a hub id such as owner/name)")
+
+
 def hub_file(spec: str | Path, filename: str) -> Path | None:
     """One file of a hub checkpoint (``owner/name[/sub/folder]``), downloaded or from the cache.
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import check_loading_info, hub_file, hub_options, load_adapter
+from .checkpoints import check_loading_info, hub_file, hub_options, load_adapter, require_source
 from .numeric import digit_token_ids
 from .preprocessing import DEFAULT_PROFILE, UNCARDED_PROFILE, profile
 from .tasks import DEFAULT_TASKS, Task
@@ -223,6 +223,9 @@ def load_model(
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
     model_id = str(model)
+    require_source(model_id)
+    if adapter is not None:
+        require_source(adapter, "adapter")
     device = str(device or default_device())
     torch_dtype = _resolve_dtype(dtype, device)
     load_options = {"dtype": torch_dtype, "attn_implementation": "sdpa"}
