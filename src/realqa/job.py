@@ -214,8 +214,8 @@ def default_model() -> str:
 
     folder = demo_model_path()
     print(f"note: no --model given; using the bundled demo model ({folder.name}): a small model trained on synthetic "
-          "technical distortions that ranks blur, noise and exposure roughly and JPEG damage only at its strongest (see its "
-          "card); pass --model for a RealQA checkpoint", file=sys.stderr)
+          "technical distortions that ranks blur, noise, JPEG damage and underexposure fairly well and other damage "
+          "roughly (see its card); pass --model for a RealQA checkpoint", file=sys.stderr)
     return str(folder)
 
 
