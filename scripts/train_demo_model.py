@@ -207,6 +207,12 @@ def structured_init(visual, detail_channels: int = DETAIL_CHANNELS, gain: float 
             last.bias[n] = -shift
 
 
+def magnitude_channel(source: int) -> int:
+    """The spare channel :func:`structured_init`'s block-0 rectifier writes the magnitude of detail channel
+    ``source`` into (its merger passes that channel in language-model dimension ``channel - DETAIL_CHANNELS``)."""
+    return 3 + DETAIL_CHANNELS + source - 1
+
+
 def silence_writes(visual, channels) -> None:
     """No attention or MLP output of any block writes into ``channels`` of the residual stream (call under
     ``torch.no_grad()``)."""
@@ -261,7 +267,7 @@ def implant_block_filters(visual, gain: float = 2.0) -> None:
         filters = torch.tensor(block_filters(patch), dtype=weight.dtype) * BLOCK_FILTER_SCALE / (3 * frames)
         sources = list(BLOCK_SOURCES)
         units = [source - 1 for source in sources]  # structured_init's wiring: source s -> unit s - 1 ...
-        targets = [3 + DETAIL_CHANNELS + unit for unit in units]  # ... -> spare channel after the detail ones
+        targets = [magnitude_channel(source) for source in sources]  # ... -> spare channel after the detail ones
         weight[sources] = filters[:, None, None]
         weight[targets] = 0.0  # the spare channels start empty: only the magnitudes go there
         first_block = visual.blocks[0]
@@ -380,7 +386,7 @@ def implant_exposure_steps(visual) -> None:
         weight = visual.patch_embed.proj.weight  # (width, 3 colours, 2 frames, patch, patch)
         width, _, frames, patch, _ = weight.shape
         sources = list(EXPOSURE_SOURCES)
-        targets = [3 + DETAIL_CHANNELS + source - 1 for source in sources]  # structured_init's magnitude channels
+        targets = [magnitude_channel(source) for source in sources]
         bright, bright_mirror = sources
         constant, constant_mirror = targets
         channels = [*sources, *targets]
@@ -410,13 +416,13 @@ def implant_exposure_steps(visual) -> None:
         steps = range(used, used + 2 * 4 * len(EXPOSURE_LEVELS))
         first.weight[steps], first.bias[steps], last.weight[:, steps] = 0.0, 0.0, 0.0
         mean, std = torch.tensor(OPENAI_CLIP_MEAN), torch.tensor(OPENAI_CLIP_STD)
-        units = iter(steps)
+        free = iter(steps)
         for level, dim in zip(EXPOSURE_LEVELS, dims, strict=True):
             ratio = float(((level - mean) / std).mean())  # the mean filter's output on a grey patch at the level
             last.weight[dim], last.bias[dim] = 0.0, -EXPOSURE_GAIN / 2  # read from the steps alone
             for token in range(4):
                 for offset, sign in ((0.0, 1.0), (-1.0, -1.0)):  # GELU(z) - GELU(z - 1): 0 below, 1 above
-                    unit = next(units)
+                    unit = next(free)
                     for channel, share in ((bright, 0.5), (bright_mirror, -0.5), (constant, -0.5 * ratio),
                                            (constant_mirror, 0.5 * ratio)):
                         first.weight[unit, token * width + channel] = share * EXPOSURE_SHARPNESS

@@ -64,6 +64,18 @@ def test_block_filters_see_jpeg_blocks_more_with_compression_and_not_noise(photo
     assert abs(on_off_ratio(noised(photo, 20)) - 1) < 0.1
 
 
+def scrambled_tower(folder):
+    """The vision tower of a fresh base model in ``folder`` with every weight moved (as training moves them),
+    and a copy of those weights."""
+    from transformers import AutoModelForImageTextToText
+
+    visual = AutoModelForImageTextToText.from_pretrained(recipe.build_base(folder, seed=0)).model.visual
+    with torch.no_grad():
+        for parameter in visual.parameters():
+            parameter.normal_()
+    return visual, {name: p.clone() for name, p in visual.named_parameters()}
+
+
 def test_implanted_filters_are_wired_to_the_language_model_as_a_fresh_tower_wires_its_channels(tmp_path):
     """Implanted into a tower whose every weight has moved (as training moves them), the filters' path is a
     fresh structured_init tower's: rectified by block 0 into spare channels nothing else writes (block 0's
@@ -71,12 +83,8 @@ def test_implanted_filters_are_wired_to_the_language_model_as_a_fresh_tower_wire
     their on-grid minus off-grid magnitudes, in the first of their dimensions, the rest silent."""
     from transformers import AutoModelForImageTextToText
 
-    fresh = AutoModelForImageTextToText.from_pretrained(recipe.build_base(tmp_path / "base", seed=0)).model.visual
-    implanted = AutoModelForImageTextToText.from_pretrained(tmp_path / "base").model.visual
-    with torch.no_grad():
-        for parameter in implanted.parameters():
-            parameter.normal_()
-    trained = {name: p.clone() for name, p in implanted.named_parameters()}
+    implanted, trained = scrambled_tower(tmp_path / "base")
+    fresh = AutoModelForImageTextToText.from_pretrained(tmp_path / "base").model.visual
     recipe.implant_block_filters(implanted)
     filters = recipe.block_filters(PATCH)
     sources = list(range(3, 3 + len(filters)))
@@ -126,14 +134,20 @@ def test_implanted_filters_are_wired_to_the_language_model_as_a_fresh_tower_wire
     assert torch.equal(implanted.merger.mlp[2].bias[kept_dims], trained["merger.mlp.2.bias"][kept_dims])
 
 
-def language_model_dimension(visual, processor, image: Image.Image, dim: int) -> float:
-    """One dimension of the merger's output (what the language model reads), averaged over the fragment tokens
-    of the image's canvas, through the real processor at the recipe's size."""
-    inputs = processor(images=[fragments_rgb(image)], return_tensors="pt",
+def merger_output(visual, processor, canvas: Image.Image) -> tuple[torch.Tensor, int, int]:
+    """What the language model reads of a canvas, through the real processor at the recipe's size: one row per
+    merged token, and the token grid's rows and columns."""
+    inputs = processor(images=[canvas], return_tensors="pt",
                        size={"shortest_edge": recipe.MIN_PIXELS, "longest_edge": recipe.MAX_PIXELS})
     with torch.no_grad():
         tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
     rows, columns = (int(n) // 2 for n in inputs["image_grid_thw"][0, 1:])
+    return tokens, rows, columns
+
+
+def language_model_dimension(visual, processor, image: Image.Image, dim: int) -> float:
+    """One dimension of the merger's output, averaged over the fragment tokens of the image's canvas."""
+    tokens, rows, columns = merger_output(visual, processor, fragments_rgb(image))
     return float(tokens[:, dim].reshape(rows, columns)[:, columns // 2:].mean())
 
 
@@ -167,13 +181,7 @@ def test_grain_filter_has_a_path_of_its_own_to_one_language_model_dimension(tmp_
     channels structured_init leaves free; block 0 rectifies their difference into the third, nothing else
     writes into or reads from them, and the merger passes the magnitude (less the mean of the filter and its
     mirror) in the block-edge filters' second, silent, language-model dimension; everything else is kept."""
-    from transformers import AutoModelForImageTextToText
-
-    visual = AutoModelForImageTextToText.from_pretrained(recipe.build_base(tmp_path / "base", seed=0)).model.visual
-    with torch.no_grad():
-        for parameter in visual.parameters():
-            parameter.normal_()
-    trained = {name: p.clone() for name, p in visual.named_parameters()}
+    visual, trained = scrambled_tower(tmp_path / "base")
     recipe.implant_grain_filter(visual)
     width = visual.patch_embed.proj.weight.shape[0]
     plus, minus, magnitude = channels = [width - 3, width - 2, width - 1]
@@ -237,13 +245,7 @@ def test_exposure_steps_have_a_path_of_their_own_to_ten_language_model_dimension
     the only write), nothing else reads or writes the four; the merger's next 80 hidden units compare
     brightness with each level for each of its 4 tokens, and nothing but those units feeds dimensions 7-16;
     the replaced channels' dimensions go silent; everything else is kept; implanting twice changes nothing."""
-    from transformers import AutoModelForImageTextToText
-
-    visual = AutoModelForImageTextToText.from_pretrained(recipe.build_base(tmp_path / "base", seed=0)).model.visual
-    with torch.no_grad():
-        for parameter in visual.parameters():
-            parameter.normal_()
-    trained = {name: p.clone() for name, p in visual.named_parameters()}
+    visual, trained = scrambled_tower(tmp_path / "base")
     recipe.implant_exposure_steps(visual)
     once = {name: p.clone() for name, p in visual.named_parameters()}
     recipe.implant_exposure_steps(visual)
@@ -299,10 +301,7 @@ def test_exposure_steps_give_the_share_of_patches_above_each_grey_level(bundled_
     shares = []
     for image in (photo, darker, clipped):
         canvas = fragments_rgb(image)
-        inputs = processor(images=[canvas], return_tensors="pt",
-                           size={"shortest_edge": recipe.MIN_PIXELS, "longest_edge": recipe.MAX_PIXELS})
-        with torch.no_grad():
-            tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        tokens, _, _ = merger_output(visual, processor, canvas)
         read = (tokens[:, 7:17].mean(0).numpy() + 1) / 2
         grey = np.asarray(canvas, dtype=np.float32).mean(2) / 255
         rows, columns = grey.shape[0] // PATCH, grey.shape[1] // PATCH
