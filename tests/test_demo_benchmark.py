@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from types import SimpleNamespace
 
@@ -45,3 +46,32 @@ def test_photo_rows_leave_out_unscored_images():
     figures = bench.photo_rows(*held_out(rows))
     assert [r["images"] for r in figures["photos"]] == [2, 2]
     assert figures["photos"][0]["damaged_ncm"] == pytest.approx(2.0)
+
+
+def test_ablation_trains_each_arm_once_at_its_precision_and_scores_every_held_out_image(tmp_path):
+    from realqa.data.manifest import read_manifest
+    from realqa.data.synth import synthesize
+    from realqa.model import load_model
+    from realqa.models import demo_model_path
+    from test_synth import photo
+
+    (tmp_path / "photos").mkdir()
+    for i in range(4):
+        photo(i).save(tmp_path / "photos" / f"photo{i}.jpg", quality=95)
+    work = tmp_path / "work"
+    _, paths = synthesize(tmp_path / "photos", work / "synth", seed=0, types=["noise", "gaussian_blur"], levels=2,
+                          views=1, preprocessing="fragments")
+    held_out = read_manifest(paths["test"])
+    # Two arms side by side in worker processes, one step each: the plumbing, not the figures.
+    rows = bench.ablation(held_out, work, demo_model_path(), seeds=[0], steps=1, lr=1e-3, jobs=2, threads=2)
+    assert [r["decimals"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        arm = work / "ablation" / f"decimals{row['decimals']}-seed0-steps1"
+        assert load_model(arm, device="cpu").card.tasks["quality"].decimals == row["decimals"]
+        (run,) = row["runs"]
+        assert run["images"] == len(held_out)  # one answer per held-out image
+    trained = {p: p.stat().st_mtime_ns for p in (work / "ablation").glob("decimals*/model.safetensors")}
+    assert len(trained) == 3
+    again = bench.ablation(held_out, work, demo_model_path(), seeds=[0], steps=1, lr=1e-3, jobs=2, threads=2)
+    assert {p: p.stat().st_mtime_ns for p in trained} == trained  # present arms are scored, not trained again
+    assert json.dumps(again) == json.dumps(rows)  # (a constant answer's SRCC is NaN, unequal to itself)
