@@ -20,8 +20,8 @@ greedy score vs NCM expected value, and scoring throughput against a naive gener
    model's vision tower, frozen, and learns to answer in ``--ablation-steps`` steps at lr
    ``--ablation-lr`` on ``--work``'s synthetic train split (the training script's); mean and spread over
    seeds, greedy and NCM apart. Only the answer's precision differs between arms. ``--ablation-jobs``
-   trains that many arms side by side (on two CPU cores, two one-thread arms finish in about 0.7 of the
-   time two two-thread arms take one after the other).
+   trains that many arms side by side (on two CPU cores, two one-thread arms finish in about 0.65 of
+   the time two two-thread arms take one after the other).
 4. ``--references``: on the same held-out images, a classical baseline (image statistics + ridge,
    trained on the model's own train split, also on fewer of its photos) and the SRCC ceiling of a
    predictor blind to some distortion types (see ``classical_baseline.py``).
@@ -457,7 +457,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--ablation", action="store_true", help="also train and compare 0/1/2 decimals")
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--ablation-steps", type=int, default=400, help="optimiser steps per ablation run")
+    parser.add_argument("--ablation-steps", type=int, default=1200, help="optimiser steps per ablation run")
     parser.add_argument("--ablation-lr", type=float, default=1e-3, help="learning rate of the ablation runs")
     parser.add_argument("--ablation-jobs", type=int, default=1,
                         help="ablation arms trained side by side (worker processes sharing --threads)")
