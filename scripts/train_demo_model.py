@@ -430,11 +430,12 @@ def implant_exposure_steps(visual) -> None:
                     last.weight[dim, unit] = sign * EXPOSURE_GAIN / 4
 
 
-def build_base(folder: Path, seed: int) -> Path:
-    """The untrained model: ``build_tiny_model`` at the demo size, with the structured initialisation."""
+def build_base(folder: Path, seed: int, architecture: dict | None = None) -> Path:
+    """The untrained model: ``build_tiny_model`` at the demo size (or ``architecture``), with the structured
+    initialisation."""
     from transformers import AutoModelForImageTextToText
 
-    build_tiny_model(folder, seed=seed, **ARCHITECTURE)
+    build_tiny_model(folder, seed=seed, **(architecture or ARCHITECTURE))
     model = AutoModelForImageTextToText.from_pretrained(folder)
     structured_init(model.model.visual)
     model.save_pretrained(folder)
@@ -494,13 +495,14 @@ def with_implants(model_folder: Path, folder: Path, implants: list[str]) -> Path
     return folder
 
 
-def train_model(work: Path, train_manifest: Path, output: Path, *, seed: int, overrides=(), init: Path | None = None):
-    """The demo recipe from a fresh base (or from the model folder ``init``): quality plus the attribute
-    questions, on the synthetic train split."""
+def train_model(work: Path, train_manifest: Path, output: Path, *, seed: int, overrides=(), init: Path | None = None,
+                architecture: dict | None = None):
+    """The demo recipe from a fresh base of ``architecture`` (default: the shipped size) or from the model
+    folder ``init``: quality plus the attribute questions, on the synthetic train split."""
     from realqa.train import load_config, train
 
     # One fresh base per run: runs may overlap.
-    base = init or build_base(work / "bases" / f"{output.name}-seed{seed}", seed)
+    base = init or build_base(work / "bases" / f"{output.name}-seed{seed}", seed, architecture)
     sources = [f"{{manifest: {quality_manifest(train_manifest)}, task: quality}}"]
     sources += [
         f"{{manifest: {train_manifest}, task: {name}, weight: {weight}}}" for name, weight in ATTRIBUTES.items()
@@ -526,18 +528,31 @@ IMPLANT_NOTES = {  # how the card names each implant
 }
 
 
+def architecture(sizes: list[str]) -> dict:
+    """ARCHITECTURE with ``--size KEY=VALUE`` changes (positive integers, known keys only)."""
+    chosen = dict(ARCHITECTURE)
+    for item in sizes:
+        key, _, value = item.partition("=")
+        if key not in ARCHITECTURE:
+            raise ValueError(f"--size {item}: unknown key {key!r} (known: {', '.join(ARCHITECTURE)})")
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--size {item}: {value!r} is not a positive integer")
+        chosen[key] = int(value)
+    return chosen
+
+
 def implants(args) -> list[str]:
     """The implants the command line asks for, in the order they are made."""
     return [name for name in IMPLANTS if getattr(args, name)]
 
 
-def write_card(folder: Path, synth_meta: dict, wall: dict, args) -> None:
+def write_card(folder: Path, synth_meta: dict, wall: dict, args, device: str) -> None:
     card = read_card(folder)
     card.preprocessing = PREPROCESSING  # scoring makes the canvas the set stored (see the module docstring)
     settings = synth_meta["settings"]
     card.description = (
         "realqa demo model: a small Qwen2-VL-architecture model (its own 512-token tokenizer, each digit a token) "
-        f"trained on CPU ({'continued from ' + args.init_name if args.init else 'from a structured initialisation'}) "
+        f"trained on {device} ({'continued from ' + args.init_name if args.init else 'from a structured initialisation'}) "
         "to answer the quality question with two decimals, and the exposure, "
         "clarity, saturation and level-shot questions with the synthetic set's labels. It sees each image "
         "through the 'fragments' preprocessing profile (a 224 x 224 view of the whole photo beside 16 "
@@ -565,7 +580,7 @@ def write_card(folder: Path, synth_meta: dict, wall: dict, args) -> None:
                        + "".join(IMPLANT_NOTES[name] for name in implants(args))
                        + (", vision tower frozen" if implants(args) else "") if args.init else
                        f"random initialisation: realqa.model.build_tiny_model(seed={args.seed}, "
-                       + ", ".join(f"{k}={v}" for k, v in ARCHITECTURE.items()) + "), then the structured "
+                       + ", ".join(f"{k}={v}" for k, v in architecture(args.size).items()) + "), then the structured "
                        f"initialisation of scripts/train_demo_model.py ({DETAIL_CHANNELS} DCT detail channels)"),
         "synth_settings": settings,
         "finetuning": "full" + (" (continued from --init)" if args.init else " (from scratch)")
@@ -575,8 +590,10 @@ def write_card(folder: Path, synth_meta: dict, wall: dict, args) -> None:
         "cannot_judge": CANNOT_JUDGE,
         "reproduce": f"python scripts/train_demo_model.py --photos PHOTOS --videos VIDEOS --seed {args.seed}"
                      + (" --init INIT" + "".join(" --" + name.replace("_", "-") for name in implants(args))
-                        + "".join(f" --set {setting}" for setting in args.set)
-                        + " (every stage from scratch: bash scripts/demo_model_lineage.sh WORK)" if args.init else ""),
+                        if args.init else "")
+                     + "".join(f" --size {item}" for item in args.size)
+                     + "".join(f" --set {setting}" for setting in args.set)
+                     + (" (every stage from scratch: bash scripts/demo_model_lineage.sh WORK)" if args.init else ""),
         "wall_seconds": wall,
         "train_config": config,
     }
@@ -633,12 +650,21 @@ def main() -> None:
                         "in its vision tower first (implant_grain_filter), then train with the tower frozen")
     parser.add_argument("--exposure-steps", action="store_true", help="with --init: implant the brightness steps "
                         "in its vision tower first (implant_exposure_steps), then train with the tower frozen")
+    parser.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"a fresh model's size, changed from {ARCHITECTURE} (a larger variant, e.g. on a GPU)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training key")
     args = parser.parse_args()
     args.init_name = args.init_name or args.init
-    if implants(args) and not args.init:  # refused before minutes of synthesis
+    # Refused before minutes of synthesis:
+    if implants(args) and not args.init:
         parser.error("--block-filters, --grain-filter and --exposure-steps need --init (a fresh tower starts from "
                      "structured_init)")
+    if args.size and args.init:
+        parser.error("--size sets a fresh model's size; --init brings its own")
+    try:
+        size = architecture(args.size)
+    except ValueError as err:
+        parser.error(str(err))
 
     import torch
 
@@ -665,11 +691,12 @@ def main() -> None:
     if implants(args):
         init = with_implants(init, work / "bases" / "implanted", implants(args))
     overrides = ["train_vision_tower=false", *args.set] if implants(args) else args.set  # keep the filters as made
-    result = train_model(work, train_manifest, output, seed=args.seed, overrides=overrides, init=init)
+    result = train_model(work, train_manifest, output, seed=args.seed, overrides=overrides, init=init, architecture=size)
     wall["train"] = round(time.time() - last, 1)
     last = stage(f"trained: {result.steps} steps, final loss {result.train_loss:.4f}", started)
     wall["total"] = round(time.time() - started, 1)
-    write_card(output, json.loads((work / "synth" / "synth.json").read_text()), wall, args)
+    device = f"a GPU ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "CPU"
+    write_card(output, json.loads((work / "synth" / "synth.json").read_text()), wall, args, device)
     install = Path(args.install)
     if install.exists():
         shutil.rmtree(install)

@@ -341,3 +341,34 @@ def test_quality_manifest_keeps_a_share_of_the_attribute_only_images(tmp_path):
     dropped = [s.id for s in train.samples if attribute_only(s)]
     assert len(dropped) >= 8 and [s.id for s in kept.samples if attribute_only(s)] == dropped[3::4]
     assert read_manifest(paths["train"]).samples == train.samples  # the attribute questions' manifest is untouched
+
+
+def test_size_changes_name_known_keys_and_build_a_larger_structured_base(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    size = recipe.architecture(["vision_width=192", "vision_depth=6", "hidden_size=128"])
+    assert size == {**recipe.ARCHITECTURE, "vision_width": 192, "vision_depth": 6, "hidden_size": 128}
+    assert recipe.ARCHITECTURE["vision_width"] == 96  # the shipped size is left as it is
+    with pytest.raises(ValueError, match="--size depth=6: unknown key 'depth'"):
+        recipe.architecture(["depth=6"])
+    with pytest.raises(ValueError, match="--size layers=two: 'two' is not a positive integer"):
+        recipe.architecture(["layers=two"])
+    model = AutoModelForImageTextToText.from_pretrained(recipe.build_base(tmp_path / "base", seed=0, architecture=size))
+    vision, text = model.config.vision_config, model.config.text_config
+    assert (vision.embed_dim, vision.depth, text.hidden_size) == (192, 6, 128)
+    # The structured initialisation, as at the shipped size: block 0's MLP writes the colour and detail
+    # magnitudes; later blocks start adding nothing.
+    assert model.model.visual.blocks[0].mlp.fc2.weight.abs().sum() > 0
+    assert all(block.mlp.fc2.weight.abs().sum() == 0 for block in model.model.visual.blocks[1:])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "vision_width=192", "--init", "somewhere"], "--size sets a fresh model's size; --init brings its own"),
+    (["--size", "width=192"], "unknown key 'width'"),
+])
+def test_size_is_refused_before_the_synthetic_set_is_made(argv, message, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["train_demo_model.py", "--work", str(tmp_path / "work"), *argv])
+    with pytest.raises(SystemExit) as exit_:
+        recipe.main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
