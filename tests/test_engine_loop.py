@@ -255,10 +255,25 @@ def test_format_model_scores_as_the_former_loop(format_scorer):
 
     images = [brightness_image(level) for level in np.linspace(0.05, 0.95, 10)]
     for asked in ([Question(format_scorer.task("quality"))],
-                  [Question(format_scorer.task("quality")), Question(format_scorer.task("quality", decimals=1))]):
+                  [Question(format_scorer.task("quality")), Question(format_scorer.tasks["quality"].with_decimals(1))]):
         engine = engine_results(format_scorer, images, asked, 5)
         assert sum(r[0].ncm is not None for r in engine[0]) >= 5
         assert_same(engine, reference_results(format_scorer, images, asked, 5))
+
+
+def test_an_answer_past_the_asked_precision_is_no_score(format_scorer):
+    """A model trained at 2 decimals, asked at 0 (as a wrong --decimals would ask a checkpoint without a card):
+    the token after "3." shows the answer going on, so no row reads the cut "3." as the score 3."""
+    from toy_data import brightness_image
+
+    images = [brightness_image(level) for level in np.linspace(0.05, 0.95, 6)]
+    trained = list(format_scorer.iter_questions(images, [Question(format_scorer.task("quality"))]))
+    assert sum(r[0].status == "ok" for r in trained) >= 3  # it does write well-formed 2-decimal scores
+    asked = list(format_scorer.iter_questions(images, [Question(format_scorer.tasks["quality"].with_decimals(0))]))
+    for (plain,), (cut,) in zip(trained, asked):
+        if plain.status == "ok":
+            assert cut.status == "no_score" and cut.score is None and cut.ncm is None
+            assert cut.text.startswith(plain.text[:3])  # "3.4": the digit after the point was seen
 
 
 # ---------------------------------------------------------------- what the loop no longer does

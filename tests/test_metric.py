@@ -185,7 +185,7 @@ def test_same_rows_as_realqa_score(tiny_metric, tiny_model_dir, tmp_path):
             assert written[key] == ("" if value is None else str(value))
 
 
-def test_the_demo_model_gives_the_numbers_realqa_score_writes(tmp_path):
+def test_the_demo_model_gives_the_numbers_realqa_score_writes(tmp_path, capsys):
     paths = [str(p) for p in EXAMPLE_PHOTOS]
     out = tmp_path / "scores.csv"
     assert main(["score", *paths, "--out", str(out), "--quiet", "--device", "cpu"]) == 0
@@ -203,9 +203,11 @@ def test_the_demo_model_gives_the_numbers_realqa_score_writes(tmp_path):
     image = Image.open(EXAMPLE_PHOTOS[0]).convert("RGB")
     tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
     assert ncm_metric(tensor[None]).tolist() == ncm_metric(image).tolist()
-    # Options pass through: decimals=1 is --decimals 1 (a shorter answer budget: this model writes two anyway).
-    one = realqa.create_metric("realqa-demo", device="cpu", decimals=1)
-    assert one.task.decimals == 1
-    assert main(["score", *paths, "--out", str(tmp_path / "one.csv"), "--quiet", "--device", "cpu", "--decimals", "1"]) == 0
-    with open(tmp_path / "one.csv", newline="") as handle:
-        assert [r["text"] for r in csv.DictReader(handle)] == [r.text for r in one.score_rows(paths)]
+    # Options pass through as --decimals does: the card's precision is taken, another refused (the model would
+    # still write two decimals and its answers would be cut), by the API as by the command line.
+    two = realqa.create_metric("realqa-demo", device="cpu", decimals=2)
+    assert two.task.decimals == 2 and two(paths).tolist() == ncm.tolist()
+    with pytest.raises(ValueError, match="answers quality with 2 decimals"):
+        realqa.create_metric("realqa-demo", device="cpu", decimals=1)
+    assert main(["score", *paths, "--out", str(tmp_path / "one.csv"), "--quiet", "--device", "cpu", "--decimals", "1"]) == 2
+    assert "answers quality with 2 decimals" in capsys.readouterr().err and not (tmp_path / "one.csv").exists()

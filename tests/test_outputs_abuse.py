@@ -86,15 +86,34 @@ def test_a_folder_scan_gives_every_file_a_row(tiny_model_dir, tmp_path):
     assert rows["clip.mp4"]["status"] == "error" and "clip.mp4" in rows["clip.mp4"]["error"]
 
 
-@pytest.mark.parametrize("bad", [["--decimals", "7"], ["--task", "nosuch"], ["--frames", "0"], ["--min-pixels", "0"]],
-                         ids=["decimals", "task", "frames", "min-pixels"])
-def test_a_refused_run_creates_no_file(tiny_model_dir, tmp_path, capsys, bad):
+# The tiny model's card: quality at 2 decimals, no chain-of-thought form (it was not trained to reason).
+@pytest.mark.parametrize("bad, problem", [(["--decimals", "7"], "decimals"), (["--task", "nosuch"], "unknown task"),
+                                          (["--frames", "0"], "frames"), (["--min-pixels", "0"], "min"),
+                                          (["--decimals", "1"], "answers quality with 2 decimals"),
+                                          (["--cot"], "names no chain-of-thought form")],
+                         ids=["decimals", "task", "frames", "min-pixels", "other-precision", "cot-untrained"])
+def test_a_refused_run_creates_no_file(tiny_model_dir, tmp_path, capsys, bad, problem):
     photos, out = _photos(tmp_path / "photos"), tmp_path / "s.csv"
     assert cli(["score", str(photos), "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(out),
                 "--quiet", *bad]) == 2
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error:" in err and problem in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # no --out, run file or lock left behind
     assert _score(tiny_model_dir, photos, "--out", out) == 0  # the corrected command needs no --overwrite
+
+
+def test_a_run_where_every_input_failed_exits_1_with_its_rows(tiny_model_dir, tmp_path, capsys):
+    """A mistyped folder or a folder of unreadable files: the rows say why, the exit status says it to a script."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"")
+    (broken / "b.png").write_text("not an image")
+    out = tmp_path / "s.csv"
+    assert _score(tiny_model_dir, tmp_path / "typo", broken, "--out", out) == 1
+    rows = read_complete_rows(out)
+    assert [r["status"] for r in rows] == ["error"] * 3 and "file not found" in rows[0]["error"]
+    assert "0 scored" in capsys.readouterr().err
+    assert _score(tiny_model_dir, _photos(tmp_path / "photos"), broken, "--out", tmp_path / "t.csv") == 0
 
 
 def test_an_existing_folder_as_output_is_named_as_a_folder(tiny_model_dir, tmp_path, capsys):

@@ -130,6 +130,17 @@ def test_served_rows_equal_library_rows(tiny_scorer):
     assert rows == [{**e.to_row(), "path": f"{i}.png"} for i, e in enumerate(expected)]
 
 
+def test_what_the_card_says_the_model_was_not_trained_for_is_a_422(tiny_scorer):
+    """The tiny model's card: quality at 2 decimals, no chain of thought; refused before the request joins a batch."""
+    with serving(create_app(tiny_scorer)) as url:
+        other = post(url, [image()], decimals="1")
+        reasoning = post(url, [image()], cot="true")
+        same = post(url, [image()], decimals="2")
+    assert other.status_code == 422 and "answers quality with 2 decimals" in other.json()["detail"]
+    assert reasoning.status_code == 422 and "no chain-of-thought form" in reasoning.json()["detail"]
+    assert same.status_code == 200 and same.json()["count"] == 1
+
+
 # ---------------------------------------------------------------- micro-batching
 
 

@@ -33,8 +33,8 @@ from .chat import DEFAULT_COT_FORM, read_cot_attributes, render_prompt
 from .compat import accepts_token_types, base_model, cache_argument, precomputed_vision_inputs, returned_cache
 from .conversations import Conversation, question_groups
 from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaError
-from .model import ScoringModel, load_model, uncarded_note
-from .numeric import PARSE_NO_SCORE, digit_expectation, digit_std
+from .model import ScoringModel, check_asked, load_model, uncarded_note
+from .numeric import PARSE_NO_SCORE, ParsedScore, digit_expectation, digit_std
 from .prefetch import HostBuffers, prepare_examples, run_ahead
 from .results import ScoreResult
 from .tasks import Task
@@ -124,6 +124,7 @@ class Scorer:
     def task(self, name: str, decimals: int | None = None) -> Task:
         if name not in self.tasks:
             raise ValueError(f"unknown task {name!r}; this model answers: {', '.join(self.tasks)}")
+        check_asked(self.loaded.card, self.loaded.card_source, name, decimals=decimals)
         task = self.tasks[name]
         return task if decimals is None else task.with_decimals(decimals)
 
@@ -160,6 +161,7 @@ class Scorer:
         attributes: bool = False,
     ) -> Iterator[ScoreResult]:
         """Like :meth:`score`, yielding results in input order as each batch finishes."""
+        check_asked(self.loaded.card, self.loaded.card_source, task, cot=cot)
         main = Question(self.task(task, decimals), cot=cot)
         asked = [main] + ([Question(a) for a in self.attributes if a.name != task] if attributes else [])
         if attributes and not self.attributes:
@@ -284,8 +286,9 @@ class Scorer:
         if question.cot:
             return self.max_cot_tokens
         if task.is_score:
-            fmt = task.score_format
-            return fmt.num_digits + (1 if fmt.decimals else 0) + 1  # one more shows whether the value ended
+            # The digits and two tokens more, to see whether the value ended: "3.47" then "." (or a further
+            # digit); "3" then "." then the end, where a "." followed by a digit would have been a point.
+            return task.score_format.num_digits + 2
         longest = max(len(self.loaded.tokenizer.encode(v, add_special_tokens=False)) for v in task.values)
         return longest + 2
 
@@ -539,6 +542,10 @@ class Scorer:
         task = question.task
         text = self.loaded.tokenizer.decode(answer.tokens, skip_special_tokens=True)
         parsed = task.parse(text if question.cot else task.answer_prefix + text)
+        if task.is_score and not question.cot and parsed.value is not None and _more_decimals(text, task):
+            # The answer went on past the task's precision: a checkpoint trained at another one (a wrong
+            # --decimals for a model without a card). Its cut value is not a score, and is not read as one.
+            parsed = ParsedScore(None, PARSE_NO_SCORE, parsed.text)
         ncm = ncm_std = None
         if task.is_score and parsed.status != PARSE_NO_SCORE:
             positions = self._number_positions(answer.tokens, parsed.value)
@@ -686,6 +693,12 @@ def _attribute_entry(task: Task, stated: str | None) -> dict:
 
 
 _ONE_INTEGER_DIGIT = re.compile(r"\d(?:\.\d+)?")
+
+
+def _more_decimals(text: str, task: Task) -> bool:
+    """Whether the last number of a plain score answer has more decimals than ``task`` writes."""
+    number = _last_number(text)
+    return number is not None and len(number.partition(".")[2]) > task.score_format.decimals
 
 
 def _last_number(text: str) -> str | None:

@@ -49,8 +49,9 @@ class ModelOptions:
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ValueError(f"--min-pixels {self.min_pixels} is above --max-pixels {self.max_pixels}")
         if self.batch_size < 1 or self.group_batches < 1 or (self.workers is not None and self.workers < 0):
-            raise ValueError(f"need --batch-size >= 1, --group-batches >= 1 and --workers >= 0, got "
-                             f"{self.batch_size}, {self.group_batches} and {self.workers}")
+            given = {"--batch-size": self.batch_size, "--group-batches": self.group_batches, "--workers": self.workers}
+            raise ValueError("need --batch-size >= 1, --group-batches >= 1 and --workers >= 0, got "
+                             + ", ".join(f"{flag} {value}" for flag, value in given.items() if value is not None))
 
     @property
     def model_path(self) -> str:
@@ -166,15 +167,17 @@ class ScoreJob:
 
     def check(self) -> list[str]:
         """Refuse, before anything is loaded or written, a task the model's card does not know, decimals
-        it cannot write, or attributes it has none of; return the attribute columns the rows will have."""
-        from .model import find_card
+        it cannot write or was not trained at, chain of thought it was not trained for, or attributes it has
+        none of; return the attribute columns the rows will have."""
+        from .model import check_asked, find_card
         from .models import demo_model_path
 
-        card, _ = find_card(self.model.model or demo_model_path(), self.model.adapter, self.model.card)
+        card, source = find_card(self.model.model or demo_model_path(), self.model.adapter, self.model.card)
         if self.ask.task not in card.tasks:
             raise ValueError(f"unknown task {self.ask.task!r}; this model answers: {', '.join(card.tasks)}")
         if self.ask.decimals is not None:
             card.tasks[self.ask.task].with_decimals(self.ask.decimals)  # a Task checks its format when made
+        check_asked(card, source, self.ask.task, decimals=self.ask.decimals, cot=self.ask.cot)
         attributes = [name for name in card.attributes if name in card.tasks]
         if self.ask.attributes and not attributes:
             raise ValueError("this model's card lists no attribute tasks; it cannot answer --attributes")

@@ -104,6 +104,27 @@ def find_card(model: str | Path, adapter: str | Path | None = None,
     return ModelCard(preprocessing=UNCARDED_PROFILE, description="(no realqa card: defaults)"), None
 
 
+def check_asked(card: ModelCard, card_source: str | None, task: str, *, decimals: int | None = None,
+                cot: bool = False) -> None:
+    """Refuse asking a carded model for what its card says it was not trained to answer.
+
+    A card records the precision each score task was trained at: asked for fewer decimals, such a model
+    still writes its own and the answer is cut (``3.`` read as 3 where it meant 3.47), asked for more it
+    never writes them. It records its chain-of-thought form only when it was trained on reasoning
+    answers. A checkpoint without a card (``card_source`` None) records neither, so it is asked as told.
+    """
+    if card_source is None or task not in card.tasks:
+        return
+    trained = card.tasks[task]
+    if decimals is not None and trained.is_score and decimals != trained.decimals:
+        raise ValueError(f"this model answers {task} with {trained.decimals} decimals (its card: the "
+                         f"precision it was trained with); asked for {decimals} it would still write "
+                         f"{trained.decimals} and its answers would be cut or misread: leave decimals unset")
+    if cot and not card.cot_form:
+        raise ValueError("this model's card names no chain-of-thought form: it was not trained to "
+                         "reason before its score, so it cannot be asked for chain of thought (--cot)")
+
+
 def uncarded_note(name: str, *, own_questions: bool = False) -> str:
     """What scoring a checkpoint without a card means, and how to give it the trained question.
     ``own_questions``: the inputs bring their questions (conversation files), so only the images are at stake."""

@@ -893,6 +893,15 @@ def _options(fields: dict, scorer, flags: Sequence[str]) -> dict:
             if flag not in flags:
                 raise RequestError(422, f"this scorer cannot answer {flag}")
             options[flag] = True
+    from .model import check_asked
+
+    loaded = getattr(scorer, "loaded", None)
+    if loaded is not None:  # what the card says the model was not trained to answer: refused here, not in a shared batch
+        try:
+            check_asked(loaded.card, loaded.card_source, task, decimals=options.get("decimals"),
+                        cot=options.get("cot", False))
+        except ValueError as err:
+            raise RequestError(422, str(err)) from None
     return options
 
 

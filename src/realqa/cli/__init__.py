@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 
@@ -15,6 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars would drown the scoring progress bar
+    warnings.formatwarning = _one_line_warning
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -22,6 +24,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"realqa {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as a user of the command reads it: what it says, not the source line that said it."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    return f"warning: {message}{kind}\n"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -74,7 +74,8 @@ def _score(args) -> int:
     unparsed = sum(r.score is None and r.status != STATUS_ERROR for r in results)
     summary = f"{len(results)} inputs: {len(results) - errors - unparsed} scored, {unparsed} without a parsable score, {errors} errors"
     print(summary + (f"; rows in {args.out}" if args.out else ""), file=sys.stderr)
-    return 0
+    # Every input failed to be read (a mistyped folder, a wrong mount): a script must see it without reading rows.
+    return 1 if errors == len(results) else 0
 
 
 def _print_ranking(results, attribute_names=()) -> None:
