@@ -16,14 +16,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars would drown the scoring progress bar
-    warnings.formatwarning = _one_line_warning
     parser = _parser()
     args = parser.parse_args(argv)
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return args.run(args)
     except (ValueError, OSError) as err:
         print(f"realqa {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning  # a program calling main() keeps its own
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
