@@ -167,6 +167,23 @@ def test_report_command_with_a_labels_file(scores_csv, tmp_path, monkeypatch, ca
         build_report(scores_csv, tmp_path / "r.pdf")
 
 
+def test_report_labels_match_as_eval_matches_them(tmp_path):
+    """A label key with its folder labels the row whose path ends with it; one label two rows would take
+    (the same file name in two folders) is an error naming them, not one label counted twice."""
+    from realqa.evaluation import read_labels
+    from realqa.report import read_entries
+
+    rows = [ScoreResult(f"/data/{folder}/x.jpg", "quality", score, score, "ok", f"{score}.")
+            for folder, score in (("a", 2.0), ("b", 4.0))]
+    write_rows(rows, tmp_path / "s.csv")
+    (tmp_path / "by_folder.csv").write_text("image,mos\na/x.jpg,1.5\nb/x.jpg,4.5\n", encoding="utf-8")
+    (tmp_path / "by_name.csv").write_text("image,mos\nx.jpg,3.0\n", encoding="utf-8")
+    entries = read_entries(tmp_path / "s.csv", read_labels(tmp_path / "by_folder.csv"))
+    assert [e.label for e in entries] == [1.5, 4.5]
+    with pytest.raises(ValueError, match="2 predictions match the one label of 'x.jpg'"):
+        read_entries(tmp_path / "s.csv", read_labels(tmp_path / "by_name.csv"))
+
+
 def _chromium() -> str | None:
     return next((shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)), None)
 

@@ -504,23 +504,31 @@ def _match(predictions: list[Prediction], labels: Labels | None, source: str) ->
         return None, main_labels, [p.label_text if p.label_text is not None else p.label for p in predictions]
     if llamafactory:
         return None, *_match_by_order(predictions, labels, source)
-    keys = [labels.lookup(p.key) for p in predictions]
+    keys = label_keys([p.key for p in predictions], labels)
     missing = [p.key for p, k in zip(predictions, keys) if k is None]
     if missing:
         why = f" ({labels.source}: {labels.note})" if labels.note else ""
         raise ValueError(f"{len(missing)} prediction(s) have no label, e.g. {missing[0]!r}{why}")
-    taken: dict[str, list[str]] = {}
-    for prediction, key in zip(predictions, keys):
-        taken.setdefault(key, []).append(prediction.key)
-    shared = [(key, paths) for key, paths in taken.items() if len(paths) > 1]
-    if shared:  # the same file name in two folders, or one image listed twice: a label counts once
-        key, paths = shared[0]
-        more = f" (and {len(shared) - 1} more labels likewise)" if len(shared) > 1 else ""
-        raise ValueError(f"{len(paths)} predictions match the one label of {key!r} in {labels.source}: "
-                         f"{', '.join(map(repr, paths[:4]))}{more}; a label counts once: name the labels' images "
-                         "with the folders that tell these apart, or drop the repeated predictions")
     main_labels = [labels.scores[k] for k in keys]
     return keys, main_labels, main_labels
+
+
+def label_keys(paths: Sequence[str], labels: Labels) -> list[str | None]:
+    """Per prediction path, the key of its label (None: none fits), by :meth:`Labels.lookup`; one label
+    taken by two predictions is an error naming them."""
+    keys = [labels.lookup(path) for path in paths]
+    taken: dict[str, list[str]] = {}
+    for path, key in zip(paths, keys):
+        if key is not None:
+            taken.setdefault(key, []).append(path)
+    shared = [(key, found) for key, found in taken.items() if len(found) > 1]
+    if shared:  # the same file name in two folders, or one image listed twice: a label counts once
+        key, found = shared[0]
+        more = f" (and {len(shared) - 1} more labels likewise)" if len(shared) > 1 else ""
+        raise ValueError(f"{len(found)} predictions match the one label of {key!r} in {labels.source}: "
+                         f"{', '.join(map(repr, found[:4]))}{more}; a label counts once: name the labels' images "
+                         "with the folders that tell these apart, or drop the repeated predictions")
+    return keys
 
 
 def _match_by_order(predictions: list[Prediction], labels: Labels, source: str) -> tuple[list, list]:

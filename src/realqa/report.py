@@ -15,12 +15,12 @@ import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from PIL import Image
 
 from .compat import require
-from .evaluation import file_label
+from .evaluation import Labels, file_label, label_keys
 from .media import DEFAULT_MAX_IMAGE_PIXELS, load_image
 from .metrics import Evaluation, evaluate
 from .results import ScoreResult, read_results
@@ -76,16 +76,19 @@ class ReportFiles:
     evaluation: Evaluation | None
 
 
-def read_entries(path: str | os.PathLike, labels: Mapping[str, float] | None = None) -> list[Entry]:
-    """The rows of our results (CSV/JSONL/Parquet) or bench predictions; ``labels`` by path, then file name,
-    else the file's own ``label`` (or ``mos``) column."""
+def read_entries(path: str | os.PathLike, labels: Labels | None = None) -> list[Entry]:
+    """The rows of our results (CSV/JSONL/Parquet) or bench predictions; ``labels`` matched as ``realqa eval``
+    matches them (:func:`realqa.evaluation.label_keys`; a row no label fits has none), else the file's own
+    ``label`` (or ``mos``) column."""
     stored = read_results(path)
     if not stored.results:
         raise ValueError(f"{path}: no rows")
+    keys = label_keys([r.path for r in stored.results], labels) if labels is not None else None
     entries = []
     for number, (result, others) in enumerate(zip(stored.results, stored.others), 1):
-        if labels is not None:
-            label = labels.get(result.path, labels.get(Path(result.path).name))
+        if keys is not None:
+            key = keys[number - 1]
+            label = labels.scores[key] if key is not None else None
         else:
             try:
                 label = file_label(others)
@@ -212,7 +215,7 @@ def build_report(
     scores: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    labels: Mapping[str, float] | None = None,
+    labels: Labels | None = None,
     title: str | None = None,
     image_root: str | os.PathLike | None = None,
     thumb_size: int = DEFAULT_THUMB_SIZE,

@@ -41,8 +41,9 @@ def add_commands(subparsers) -> None:
     report.add_argument("scores", help="our .csv/.jsonl/.parquet results or bench predictions")
     report.add_argument("--out", required=True, help="the HTML file to write (plots go beside it as PNG)")
     report.add_argument("--labels", help="a realqa manifest, or a table (CSV, TSV, JSON, JSONL, Parquet) with an image "
-                                         "column and a label column; matched by path, then file name")
+                                         "column and a label column; matched as `realqa eval` matches them")
     report.add_argument("--label-column", help="label column of --labels (default: the first of mos, MOS, score, label)")
+    report.add_argument("--image-column", help="image column of --labels (default: as `realqa eval`)")
     report.add_argument("--title", help="page title")
     report.add_argument("--image-root", help="folder relative image paths start from (default: here, else the scores file's folder)")
     report.add_argument("--thumb-size", type=int, default=160, help="thumbnail size in pixels")
@@ -78,7 +79,7 @@ def _report(args) -> int:
     if args.labels:
         from ..evaluation import read_labels
 
-        labels = read_labels(args.labels, args.label_column).scores
+        labels = read_labels(args.labels, args.label_column, image_column=args.image_column)
     files = build_report(args.scores, args.out, labels=labels, title=args.title, image_root=args.image_root,
                          thumb_size=args.thumb_size, max_thumbnails=args.max_thumbnails)
     print(f"report: {files.html}")
