@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import warnings
@@ -499,6 +500,72 @@ def test_arguments_kept_in_order_and_as_given(tree, tmp_path, monkeypatch):
 def test_directory_without_images_warns(tree):
     with pytest.warns(UserWarning, match="emptydir: directory contains no files to score"):
         assert collect_inputs([tree / "emptydir", tree / "b.jpg"]) == [str(tree / "b.jpg")]
+
+
+@pytest.fixture
+def linked(tmp_path):
+    """A folder holding a linked folder (with a loop inside), a second link to it, a link back to itself,
+    a linked file, a broken link and a link that resolves to itself."""
+    few = tmp_path / "few"
+    _touch(few, "1.jpg", "2.jpg", "sub/3.jpg")
+    (few / "again").symlink_to(few, target_is_directory=True)  # a loop inside the linked folder
+    root = tmp_path / "sl"
+    _touch(root, "a.jpg")
+    (root / "linked_dir").symlink_to(few, target_is_directory=True)
+    (root / "twice").symlink_to(few, target_is_directory=True)  # the same folder under a second name
+    (root / "loop").symlink_to(root, target_is_directory=True)  # back to the folder holding it
+    (root / "linked_file.jpg").symlink_to(few / "1.jpg")
+    (root / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    (root / "self").symlink_to(root / "self")
+    return root
+
+
+def test_a_linked_folder_is_scanned_once_and_every_link_it_does_not_follow_is_a_row_saying_why(linked):
+    names = ["a.jpg", "broken.jpg", "linked_dir/1.jpg", "linked_dir/2.jpg", "linked_dir/again", "linked_dir/sub/3.jpg",
+             "linked_file.jpg", "loop", "self", "twice"]
+    found = collect_inputs([linked])
+    assert found == [str(linked / name) for name in names]
+    problems = {
+        "linked_dir/again": f"leads back to {linked / 'linked_dir'}, a folder holding it (a loop): not followed",
+        "loop": f"leads back to {linked}, a folder holding it (a loop): not followed",
+        "twice": f"the same folder as {linked / 'linked_dir'}, scanned there: its files are not scored twice",
+        "broken.jpg": "file not found",
+        "self": "cannot read file",
+    }
+    for name, problem in problems.items():
+        error = _assert_media_error(found[names.index(name)], problem)
+        assert pickle.loads(pickle.dumps(found[names.index(name)])) == found[names.index(name)]
+        assert str(pickle.loads(pickle.dumps(error))) == str(error)  # the row a worker process sends back
+    unscanned = pickle.loads(pickle.dumps(found[names.index("loop")]))  # as it reaches a worker process
+    _assert_media_error(unscanned, "(a loop): not followed")
+    for name in ("a.jpg", "linked_dir/1.jpg", "linked_dir/sub/3.jpg", "linked_file.jpg"):
+        assert (linked / name).read_bytes() == b"x"
+    # Not recursive: the linked folders are not entered either.
+    assert collect_inputs([linked], recursive=False) == [str(linked / n) for n in
+                                                         ("a.jpg", "broken.jpg", "linked_file.jpg", "self")]
+
+
+def test_the_folder_in_place_is_scanned_before_a_link_to_it_whatever_their_names(tmp_path):
+    _touch(tmp_path, "z_real/1.jpg")
+    (tmp_path / "a_link").symlink_to(tmp_path / "z_real", target_is_directory=True)
+    found = collect_inputs([tmp_path])
+    assert found == [str(tmp_path / "a_link"), str(tmp_path / "z_real" / "1.jpg")]
+    _assert_media_error(found[0], f"the same folder as {tmp_path / 'z_real'}, scanned there")
+
+
+def test_a_folder_that_cannot_be_read_is_a_row_naming_it(tree, monkeypatch):
+    """os.walk would skip it without a word; the scan reports it (injected: as root, chmod does not bar reading)."""
+    scandir = os.scandir
+
+    def barred(path):
+        if os.fspath(path) == str(tree / "sub" / "deeper"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", barred)
+    found = collect_inputs([tree])
+    assert str(tree / "sub" / "deeper") in found and str(tree / "sub" / "c.webp") in found
+    _assert_media_error(found[found.index(str(tree / "sub" / "deeper"))], "folder cannot be read (Permission denied)")
 
 
 @pytest.mark.parametrize("ext", [".txt", ".lst"])

@@ -87,6 +87,10 @@ def test_a_batch_tensor_is_one_input_per_image():
     assert len(items) == 5 and torch.equal(items[3], batch[3])
     assert len(as_inputs(batch[0])) == 1 and len(as_inputs("a.jpg")) == 1 and len(as_inputs(_photo_array())) == 1
     assert len(as_inputs(["a.jpg", batch[0], _photo_array()])) == 3
+    # A batch inside a list is its images too, in place: one output per image, as the README shows.
+    items = as_inputs(["a.jpg", batch, batch[1], batch[:1]])
+    assert len(items) == 1 + 5 + 1 + 1 and items[0] == "a.jpg"
+    assert all(torch.equal(item, batch[i]) for item, i in zip(items[1:], [0, 1, 2, 3, 4, 1, 0]))
 
 
 # ---------------------------------------------------------------- the registry
@@ -159,6 +163,24 @@ def test_every_input_kind_gets_its_row_in_order(tiny_metric, tmp_path):
         assert (math.isnan(score) and (row.status != "ok" or row.ncm is None)) or score == row.ncm
     assert tiny_metric.score_range == (1, 5) and tiny_metric.lower_better is False
     assert tiny_metric.name == "tiny" and tiny_metric.entry.adapter is None
+
+
+def test_a_batch_tensor_in_a_list_gives_its_images_in_place_named_by_their_output_position(tiny_metric):
+    """The README's example: a path, a PIL image, an HWC array and an (N, 3, H, W) tensor in one list."""
+    photo = _photo_array(1)
+    batch = torch.stack([torch.from_numpy(_photo_array(i).copy()).permute(2, 0, 1) / 255 for i in (2, 0)])
+    scores, rows = tiny_metric([str(EXAMPLE_PHOTOS[0]), Image.fromarray(photo), photo, batch], return_rows=True)
+    assert scores.shape == (5,) and [r.path for r in rows] == [str(EXAMPLE_PHOTOS[0]), "<image 1>", "<image 2>",
+                                                               "<image 3>", "<image 4>"]
+    assert all(r.status != "error" for r in rows), [r.error for r in rows]
+
+    def answers(found):
+        return [(r.status, r.text, r.ncm) for r in found]
+
+    # The batch on its own gives the same rows in the same order (the tiny model's answers differ by image).
+    _, alone = tiny_metric(batch, return_rows=True)
+    assert answers(rows[3:]) == answers(alone) and answers(tiny_metric(batch[1], return_rows=True)[1]) == answers(alone[1:])
+    assert answers(alone[:1]) != answers(alone[1:])
 
 
 def test_a_failed_in_memory_image_keeps_its_own_name(tiny_metric):

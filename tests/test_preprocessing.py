@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from realqa.batching import ExampleBuilder
+from realqa.formats import PreprocessingRefused
 from realqa.media import MediaError
 from realqa.model import MAX_PIXELS, MIN_PIXELS
 from realqa.preprocessing import FRAGMENT_CANVAS, fragment_corners, profile
@@ -153,6 +154,10 @@ def test_fragments_give_one_canvas_size_for_every_photo_and_the_same_canvas_twic
     prepare = profile("fragments").prepare
     for path in _cases(tmp_path):
         with Image.open(path) as image:
+            if path.name == "needle.png":  # aspect ratio 300: refused (see the thin-image tests below)
+                with pytest.raises(PreprocessingRefused, match="aspect ratio 300.0"):
+                    prepare(image)
+                continue
             first, second = prepare(image), prepare(image)
         assert first.mode == "RGB" and first.size == FRAGMENT_CANVAS == (448, 224), path.name
         assert np.array_equal(np.asarray(first), np.asarray(second)), path.name
@@ -194,3 +199,58 @@ def test_the_processor_takes_the_canvas_as_it_is_at_the_card_bounds(tmp_path):
     example = builder.build(str(path), "photo", [1, 7, 2])
     assert spy.seen[-1].size == FRAGMENT_CANVAS
     assert example.image_grid_thw.tolist() == [[1, 16, 32]] and len(example.input_ids) == 2 + 128
+
+
+# ---------------------------------------------------------------- thin images: refused, never blown up
+
+
+@pytest.fixture
+def resizes(monkeypatch):
+    """Every size PIL is asked to resize to. A resize above 4 megapixels fails at once, so a test of a thin
+    image never allocates the gigabytes an unbounded enlargement would."""
+    sizes = []
+    resize = Image.Image.resize
+
+    def bounded(self, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        if size[0] * size[1] > 4_000_000:
+            raise AssertionError(f"{self.size} resized to {tuple(size)}")
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", bounded)
+    return sizes
+
+
+def test_fragments_refuse_an_aspect_ratio_the_processor_refuses_before_resizing_anything(resizes):
+    """The canvas would hide a 1 x 100,000 image's shape from the processor, and the reference size would
+    enlarge it 56-fold along its length (gigabytes): it is refused first, naming its size and the limit."""
+    builder = ExampleBuilder(load_image_processor_for_test(), image_token_id=7, preprocessing="fragments")
+    for width, height in [(1, 100_000), (100_000, 1), (201, 1), (3, 1000)]:
+        with pytest.raises(MediaError) as caught:
+            builder.build(Image.new("RGB", (width, height)), "t.png", [1, 7, 2])
+        ratio = max(width, height) / min(width, height)
+        assert str(caught.value) == (f"t.png: image cannot be preprocessed ({width}x{height} px: aspect ratio "
+                                     f"{ratio:.1f}, above the 200 the Qwen2-VL image processor accepts)")
+    assert resizes == []
+
+
+def test_fragments_take_a_narrow_photo_within_the_limit_through_a_bounded_reference_size(resizes):
+    pixels = FRAGMENT_CANVAS[0] * FRAGMENT_CANVAS[1]
+    builder = ExampleBuilder(load_image_processor_for_test(), image_token_id=7, preprocessing="fragments",
+                             min_pixels=pixels, max_pixels=pixels)
+    for size in [(60, 3000), (40, 8000), (1, 200), (200, 1)]:  # aspect ratios 50, 200 and the limit itself
+        example = builder.build(_noise(size), "narrow.png", [1, 7, 2])
+        assert example.image_grid_thw.tolist() == [[1, 16, 32]], size
+    assert max(width * height for width, height in resizes) <= 56 * 56 * 200  # at most 56 x 11,200 px
+
+
+def test_llamafactory_refuses_an_image_its_shrink_would_leave_0_px_wide(resizes):
+    """The fork's shrink truncates 1 x 300,000 to 0 x 512; PIL's failure then would read as corrupt data."""
+    builder = ExampleBuilder(load_image_processor_for_test(), image_token_id=7, preprocessing="llamafactory")
+    with pytest.raises(MediaError) as caught:
+        builder.build(Image.new("RGB", (1, 300_000)), "t.png", [1, 7, 2])
+    assert str(caught.value) == ("t.png: image cannot be preprocessed (1x300000 px: the shrink to 262,144 pixels "
+                                 "leaves a side of 0 px)")
+    # Within the fork's reach a thin image is cut as it cuts it, never enlarged beyond 28 x its length.
+    example = builder.build(Image.new("RGB", (1, 100_000)), "thin.png", [1, 7, 2])
+    assert example.image_grid_thw.tolist()[0][0] == 1 and max(w * h for w, h in resizes) <= 28 * 100_000

@@ -331,6 +331,23 @@ def test_an_image_the_model_cannot_preprocess_is_a_422_naming_its_upload(tiny_sc
     assert "<image" not in response.text
 
 
+def test_a_thin_image_under_the_fragments_profile_is_a_422_naming_its_size(tiny_model_dir):
+    """The fragments canvas hides an image's shape from the processor: the profile itself refuses what the
+    processor would, before it enlarges the image 56-fold along its length."""
+    scorer = load_scorer(str(tiny_model_dir), device="cpu", batch_size=8, preprocessing="fragments", **SMALL_PIXELS)
+    thin = io.BytesIO()
+    Image.new("RGB", (1, 5000), (90, 90, 90)).save(thin, "PNG")
+    with serving(create_app(scorer, ServeLimits())) as url:
+        response = post(url, [image("a.png"), ("thin.png", thin.getvalue(), "image/png")])
+        assert post(url, [image("a.png")]).status_code == 200  # the service goes on
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["detail"] == "image(s) could not be preprocessed for the model"
+    assert body["errors"] == [{"index": 1, "image": "thin.png",
+                               "error": "image cannot be preprocessed (1x5000 px: aspect ratio 5000.0, above the 200 "
+                                        "the Qwen2-VL image processor accepts)"}]
+
+
 def test_served_scores_equal_scoring_the_same_files(tiny_model_dir, tmp_path):
     """What a file on disk gives the scorer (``realqa score``), an upload of it gives too: EXIF
     orientation, large JPEGs (no reduced decoding), palette transparency, under both preprocessing profiles."""

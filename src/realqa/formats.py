@@ -33,3 +33,8 @@ class MediaError(ValueError):
 
     def __str__(self) -> str:
         return f"{self.source}: {self.problem}"
+
+
+class PreprocessingRefused(ValueError):
+    """A decoded image that a preprocessing profile will not take; ``str(err)`` says why.
+    :func:`realqa.media.load_image` turns it into a :class:`MediaError` naming the input."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import heapq
 import io
 import json
 import math
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .compat import require
-from .formats import IMAGE_EXTENSIONS, MANIFEST_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
+from .formats import IMAGE_EXTENSIONS, MANIFEST_EXTENSIONS, VIDEO_EXTENSIONS, MediaError, PreprocessingRefused
 from .sources import Unlisted, collect, container_kind, parse  # samples inside tar shards, tables, datasets
 
 __all__ = [
@@ -103,6 +104,8 @@ def _sample_data(source: str | os.PathLike) -> bytes | str | os.PathLike:
 
 
 def _check_file(path: str | os.PathLike, name: str) -> None:
+    if isinstance(path, Unscanned):
+        raise MediaError(name, path.problem)
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -131,6 +134,8 @@ def _pil_errors(name: str) -> Iterator[None]:
             raise MediaError(name, "not a recognised image format" + _format_hint(name)) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise MediaError(name, f"image is too large ({err})") from None
+        except PreprocessingRefused as err:  # the profile's own reason, not a fault of the data
+            raise MediaError(name, str(err)) from None
         # PIL plugins signal malformed data with many exception types
         # (OSError, SyntaxError, struct.error, IndexError, ...).
         except Exception as err:
@@ -239,8 +244,11 @@ def collect_inputs(paths: Iterable[str | os.PathLike], *, recursive: bool = True
     - a directory gives every file under it (recursively unless
       ``recursive=False``), whatever its extension, sorted by relative path:
       what cannot be scored becomes an error row saying why (hidden names are
-      left out, with a ``UserWarning`` counting them); a directory with no
-      file gives nothing and a ``UserWarning`` naming it;
+      left out, with a ``UserWarning`` counting them); linked folders are
+      followed, each real folder scanned once, and a folder not scanned (a
+      loop, a second name, unreadable) is an :class:`Unscanned` input, an error
+      row naming it; a directory with no file gives nothing and a
+      ``UserWarning`` naming it;
     - an existing ``.txt``/``.lst`` manifest gives one path per line (blank
       lines and ``#`` comments skipped), a ``.csv`` the ``path`` or ``image``
       column, a ``.jsonl`` the ``path`` or ``image`` key of each line; relative
@@ -283,22 +291,72 @@ def _extension(path: str) -> str:
 def _scan_directory(directory: str, recursive: bool) -> list[str]:
     """Every file under ``directory``, whatever its extension: images and videos are scored, anything
     else becomes an error row naming the format, so nothing found is dropped without a row. Hidden
-    names (starting with ".": .DS_Store, .git) are left out, and a warning counts them."""
-    found: list[tuple[str, ...]] = []  # relative paths as component tuples
+    names (starting with ".": .DS_Store, .git) are left out, and a warning counts them.
+
+    Folders reached through symbolic links are scanned as if they were there, each real folder once:
+    the folders in place first, then the linked ones in path order (so which name a folder is scanned
+    under does not depend on the order the file system lists it). A folder not scanned is one error row
+    naming it (:class:`Unscanned`): a link back to a folder holding it (a loop), a second name of a
+    folder scanned already, a folder that cannot be read."""
+    found: dict[tuple[str, ...], str | None] = {}  # relative path as components -> why not scanned (None: a file)
+    scanned: dict[str, tuple[str, ...]] = {}  # the real path of each folder scanned -> the name it was scanned under
+    pending: list[tuple[bool, tuple[str, ...]]] = [(False, ())]  # a heap of (reached through a link, folder)
     hidden = 0
-    for root, dirs, files in os.walk(directory):
-        rel_root = os.path.relpath(root, directory)
-        parts = () if rel_root == os.curdir else tuple(rel_root.split(os.sep))
-        hidden += sum(name.startswith(".") for name in files + dirs)
-        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
-        found.extend(parts + (f,) for f in files if not f.startswith("."))
+    while pending:
+        through_link, parts = heapq.heappop(pending)
+        path = os.path.join(directory, *parts)
+        real = os.path.realpath(path)
+        if real in scanned:
+            first = scanned[real]
+            name = os.path.join(directory, *first)
+            found[parts] = (f"leads back to {name}, a folder holding it (a loop): not followed"
+                            if parts[: len(first)] == first else
+                            f"the same folder as {name}, scanned there: its files are not scored twice")
+            continue
+        scanned[real] = parts
+        try:
+            with os.scandir(path) as listing:
+                entries = list(listing)
+        except OSError as err:  # os.walk would skip it without a word
+            found[parts] = f"folder cannot be read ({err.strerror or err})"
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                hidden += 1
+            elif not _is_folder(entry):
+                found[parts + (entry.name,)] = None
+            elif recursive:
+                heapq.heappush(pending, (through_link or entry.is_symlink(), parts + (entry.name,)))
     if hidden:
         warnings.warn(f"{directory}: {hidden} hidden file(s) or folder(s) (names starting with '.') not scored",
                       stacklevel=3)
     if not found:
         warnings.warn(f"{directory}: directory contains no files to score", stacklevel=3)
     # Component-wise sorting gives the same order on every platform.
-    return [os.path.join(directory, *rel) for rel in sorted(found)]
+    return [os.path.join(directory, *rel) if problem is None else Unscanned(os.path.join(directory, *rel), problem)
+            for rel, problem in sorted(found.items())]
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # through a link too
+    except OSError:  # a link that resolves to itself: a file row, which says so when it is read
+        return False
+
+
+class Unscanned(str):
+    """A folder met in a folder scan whose files are not listed (see :func:`_scan_directory`). The string
+    is its path; reading it raises a :class:`MediaError` with ``problem``, so it is one error row."""
+
+    problem: str
+
+    def __new__(cls, path: str, problem: str):
+        self = super().__new__(cls, path)
+        self.problem = problem
+        return self
+
+    def __reduce__(self):  # keeps the problem across worker processes
+        return (Unscanned, (str(self), self.problem))
 
 
 def _read_manifest(manifest: str) -> list[str]:

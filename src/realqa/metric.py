@@ -8,7 +8,8 @@
     tensor([3.1242, 2.8710], dtype=torch.float64)
 
 A metric scores paths (images, or video files as ``realqa score`` does), PIL images, NumPy arrays
-(HWC uint8) and float tensors ``(N, 3, H, W)`` in [0, 1], through the same scorer and row loop as
+(HWC uint8) and float tensors ``(3, H, W)`` or ``(N, 3, H, W)`` (N images, alone or in a list) in [0, 1],
+one value per image in order, through the same scorer and row loop as
 ``realqa score`` (:class:`realqa.job.ModelOptions` loads it, :func:`realqa.job.iter_rows` scores),
 so it gives the same numbers. An input that cannot be used is NaN in the returned tensor; the full
 rows (:class:`realqa.results.ScoreResult`: text, status, error, ``ncm_std``) come from
@@ -221,15 +222,13 @@ class Metric:
 
 
 def as_inputs(inputs) -> list:
-    """``inputs`` as a list of single inputs: a tensor ``(N, 3, H, W)`` is N images, ``(3, H, W)`` one;
-    a path, PIL image or array is one; a list or tuple holds any of them (tensors in it are one image each)."""
-    if isinstance(inputs, torch.Tensor):
-        return list(inputs.unbind(0)) if inputs.ndim == 4 else [inputs]
-    if isinstance(inputs, (str, bytes, os.PathLike, Image.Image, np.ndarray)):
-        return [inputs]
-    if isinstance(inputs, Iterable):
-        return list(inputs)
-    return [inputs]
+    """``inputs`` as a list of single inputs, one per output in order: a tensor ``(N, 3, H, W)`` is its N
+    images, alone or in a list (in its place there); ``(3, H, W)``, a path, a PIL image or an array is one;
+    a list or tuple holds any of them. An in-memory image is then named by its index here, its output's."""
+    single = (str, bytes, os.PathLike, Image.Image, np.ndarray, torch.Tensor)
+    items = list(inputs) if isinstance(inputs, Iterable) and not isinstance(inputs, single) else [inputs]
+    return [image for item in items
+            for image in (item.unbind(0) if isinstance(item, torch.Tensor) and item.ndim == 4 else (item,))]
 
 
 def to_scorable(item, label: str):

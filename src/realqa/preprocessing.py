@@ -20,6 +20,9 @@ with the model's pixel bounds (RealQA: 200704 to 401408 pixels, 256 to 512 visua
     4. Qwen2-VL's own step: a side under 28 pixels is stretched to 28 (NEAREST); an aspect ratio
        beyond 200 is cut to 180 (NEAREST).
 
+    An image so thin that step 2 would leave a side of 0 px (an aspect ratio above about 262,144)
+    is refused, as the fork itself fails on it.
+
     So a 1024 x 768 photo reaches the processor as 591 x 443 (336 visual tokens at RealQA's
     bounds), where ``realqa`` gives it 494.
 
@@ -28,8 +31,12 @@ with the model's pixel bounds (RealQA: 200704 to 401408 pixels, 256 to 512 visua
     one fixed 448 x 224 canvas (128 visual tokens) holding two views of the photo side by side,
     in the spirit of the fragment sampling of FAST-VQA (Wu et al., 2022):
 
+    0. an aspect ratio (long side / short side) above 200 is refused, as the Qwen2-VL image
+       processor refuses it (``smart_resize``), before anything is resized: step 1 keeps the aspect
+       ratio, so it enlarges a thin image along its length too;
     1. the photo's *reference size*: shrunk (never enlarged) to a long side of 1024 px, the size
-       the defects are judged at, as a 1024 px screen shows it; a side under 56 px is enlarged to 56;
+       the defects are judged at, as a 1024 px screen shows it; a side under 56 px is enlarged to 56
+       (so a reference image is at most 56 x 11,200 px);
     2. left, a global view: the whole photo resized to 224 x 224 (bilinear, antialiased; aspect not
        kept), for exposure, colour and anything large;
     3. right, a 4 x 4 grid of 56 x 56 px fragments cut at native resolution (no resampling), one
@@ -50,26 +57,36 @@ from typing import Callable
 
 from PIL import Image
 
+from .formats import PreprocessingRefused
 from .media import realqa_rgb
 
-__all__ = ["DEFAULT_PROFILE", "FRAGMENT_CANVAS", "LLAMAFACTORY_IMAGE_RESOLUTION", "PROFILES", "UNCARDED_PROFILE", "Profile",
-           "fragments_rgb", "profile"]
+__all__ = ["DEFAULT_PROFILE", "FRAGMENT_CANVAS", "LLAMAFACTORY_IMAGE_RESOLUTION", "MAX_ASPECT_RATIO", "PROFILES",
+           "UNCARDED_PROFILE", "Profile", "fragments_rgb", "profile"]
 
 LLAMAFACTORY_IMAGE_RESOLUTION = 512 * 512  # the fork's default `image_resolution`; no official config changes it
+# transformers' Qwen2-VL image processor (smart_resize) raises a ValueError when long side / short side > 200.
+MAX_ASPECT_RATIO = 200
+
+
+def _refused(img: Image.Image, why: str) -> PreprocessingRefused:
+    return PreprocessingRefused(f"image cannot be preprocessed ({img.width}x{img.height} px: {why})")
 
 
 def llamafactory_rgb(img: Image.Image, image_resolution: int = LLAMAFACTORY_IMAGE_RESOLUTION) -> Image.Image:
     """The LLaMA-Factory fork's image steps (see the module docstring)."""
     if img.width * img.height > image_resolution:
         factor = math.sqrt(image_resolution / (img.width * img.height))
-        img = img.resize((int(img.width * factor), int(img.height * factor)), resample=Image.NEAREST)
+        size = (int(img.width * factor), int(img.height * factor))
+        if min(size) == 0:  # PIL would fail with a message that reads as corrupt data
+            raise _refused(img, f"the shrink to {image_resolution:,} pixels leaves a side of 0 px")
+        img = img.resize(size, resample=Image.NEAREST)
     if img.mode != "RGB":
         img = img.convert("RGB")
     if min(img.width, img.height) < 28:
         img = img.resize((max(img.width, 28), max(img.height, 28)), resample=Image.NEAREST)
-    if img.width / img.height > 200:
+    if img.width / img.height > MAX_ASPECT_RATIO:
         img = img.resize((img.height * 180, img.height), resample=Image.NEAREST)
-    if img.height / img.width > 200:
+    if img.height / img.width > MAX_ASPECT_RATIO:
         img = img.resize((img.width, img.width * 180), resample=Image.NEAREST)
     return img
 
@@ -96,7 +113,8 @@ def fragment_corners(width: int, height: int) -> list[tuple[int, int]]:
 
 
 def reference_size(img: Image.Image) -> Image.Image:
-    """Step 1 of ``fragments``: long side at most 1024 px (shrunk with LANCZOS), sides at least 56 px."""
+    """Step 1 of ``fragments``: long side at most 1024 px (shrunk with LANCZOS), sides at least 56 px.
+    Bounded (at most 56 x 11,200 px) only for an aspect ratio within :data:`MAX_ASPECT_RATIO`."""
     scale = min(1.0, FRAGMENT_REFERENCE_SIDE / max(img.size))
     scale = max(scale, FRAGMENT_SIZE / min(img.size))
     if scale != 1.0:
@@ -106,7 +124,12 @@ def reference_size(img: Image.Image) -> Image.Image:
 
 
 def fragments_rgb(img: Image.Image) -> Image.Image:
-    """The ``fragments`` profile (see the module docstring): a 448 x 224 canvas, global view and fragments."""
+    """The ``fragments`` profile (see the module docstring): a 448 x 224 canvas, global view and fragments.
+    Raises :class:`~realqa.formats.PreprocessingRefused` for an aspect ratio above :data:`MAX_ASPECT_RATIO`."""
+    long, short = max(img.size), min(img.size)
+    if long > MAX_ASPECT_RATIO * short:  # the canvas hides it from the processor, and step 1 would enlarge it 56-fold
+        ratio = f"{long / short:.1f}" if short else "infinite"
+        raise _refused(img, f"aspect ratio {ratio}, above the {MAX_ASPECT_RATIO} the Qwen2-VL image processor accepts")
     img = reference_size(realqa_rgb(img))
     canvas = Image.new("RGB", FRAGMENT_CANVAS)
     canvas.paste(img.resize((GLOBAL_SIDE, GLOBAL_SIDE), Image.BILINEAR), (0, 0))
