@@ -222,6 +222,8 @@ def test_bad_options_are_refused(stub_server, fields, status, message):
 
 def test_requests_that_are_not_image_uploads(stub_server):
     url, _ = stub_server
+    in_query = httpx.post(url + "/score?task=exposure", files=[("images", image())])
+    assert in_query.status_code == 400 and "unknown query parameter(s) 'task'" in in_query.json()["detail"]
     as_json = httpx.post(url + "/score", json={"images": ["/etc/passwd"]})
     assert as_json.status_code == 415 and "multipart/form-data" in as_json.json()["detail"]
     as_path = httpx.post(url + "/score", data={"images": "/etc/passwd"}, files={"task": (None, "quality")})

@@ -818,7 +818,8 @@ def create_app(scorer, limits: ServeLimits = ServeLimits(), *, model_name: str |
                 "queued_images": batcher.load, "queued_bytes": batcher.queued_bytes, "limits": asdict(limits)}
 
     @app.post("/score", summary="Score uploaded images", openapi_extra=_openapi_body(scorer, limits, flags),
-              responses={400: {"description": "malformed or incomplete multipart body, or an unknown field"},
+              responses={400: {"description": "malformed or incomplete multipart body, an unknown field or a query "
+                                              "parameter"},
                          413: {"description": "body, upload, image count or pixel count over the limit"},
                          415: {"description": "not multipart/form-data, or an upload that is not an image"},
                          422: {"description": "no images, bad option, or an image that cannot be decoded or that "
@@ -846,6 +847,9 @@ def create_app(scorer, limits: ServeLimits = ServeLimits(), *, model_name: str |
             raise RequestError(400, "client disconnected", close=True) from None
 
     async def _score(request: Request, phase: list) -> dict:
+        if request.query_params:  # ?task=exposure would otherwise be ignored and the default task answered
+            raise RequestError(400, f"unknown query parameter(s) {', '.join(map(repr, sorted(request.query_params)))}; "
+                                    f"send options as form fields ({', '.join(options_allowed)})")
         declared = request.headers.get("content-length", "")
         if declared.isdigit():
             try:
