@@ -102,6 +102,14 @@ def test_a_refused_run_creates_no_file(tiny_model_dir, tmp_path, capsys, bad, pr
     assert _score(tiny_model_dir, photos, "--out", out) == 0  # the corrected command needs no --overwrite
 
 
+def test_naming_the_cards_own_decimals_resumes_the_same_run(tiny_model_dir, tmp_path):
+    photos, out = _photos(tmp_path / "photos"), tmp_path / "s.csv"
+    assert _score(tiny_model_dir, photos, "--out", out) == 0
+    written = out.read_bytes()
+    assert _score(tiny_model_dir, photos, "--out", out, "--decimals", "2") == 0  # the tiny card's precision
+    assert out.read_bytes() == written
+
+
 def test_a_run_where_every_input_failed_exits_1_with_its_rows(tiny_model_dir, tmp_path, capsys):
     """A mistyped folder or a folder of unreadable files: the rows say why, the exit status says it to a script."""
     broken = tmp_path / "broken"

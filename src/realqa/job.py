@@ -185,8 +185,15 @@ class ScoreJob:
 
     def settings(self) -> dict:
         """What decides a row's content (batch size, workers, device and backend change only the speed)."""
+        from .model import find_card
+        from .models import demo_model_path
+
         sources = {name: getattr(self, name) for name in ("image_column", "split") if getattr(self, name) is not None}
-        return {**self.model.identity(), "task": self.ask.task, "decimals": self.ask.decimals,
+        card, source = find_card(self.model.model or demo_model_path(), self.model.adapter, self.model.card)
+        decimals = self.ask.decimals
+        if source is not None and self.ask.task in card.tasks and decimals == card.tasks[self.ask.task].decimals:
+            decimals = None  # the card's own precision, named or not: the same rows, so one resumable run
+        return {**self.model.identity(), "task": self.ask.task, "decimals": decimals,
                 "attributes": self.ask.attributes, "cot": self.ask.cot, "video_mode": self.video.mode,
                 "frames": self.video.frames, "fps": self.video.fps, **sources}
 
