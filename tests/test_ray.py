@@ -119,6 +119,23 @@ def test_ray_adds_the_row_for_a_shard_cut_at_a_members_header_and_does_not_repea
 
 
 @pytest.mark.slow  # a local Ray cluster and its actors
+def test_ray_gives_a_folder_loop_the_rows_a_local_run_gives(tiny_model_dir, tmp_path, ray_cluster):
+    """A folder the scan does not enter (a link back to a folder holding it) is the same error row, with its
+    reason, whichever backend scores it."""
+    folder = tmp_path / "photos"
+    write_images(folder, 2)
+    (folder / "again").symlink_to(folder, target_is_directory=True)
+    args = ["score", str(folder), "--model", str(tiny_model_dir), "--device", "cpu", "--quiet"]
+    local, out = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert main([*args, "--out", str(local)]) == 0
+    assert main([*args, "--out", str(out), "--backend", "ray", "--ray-actors", "1"]) == 0
+    want = [json.loads(line) for line in local.read_text().splitlines()]
+    loop = [r for r in want if r["path"] == str(folder / "again")]
+    assert len(want) == 4 and len(loop) == 1 and "(a loop)" in loop[0]["error"]  # 2 images, 1 bad file, the loop
+    _same([json.loads(line) for line in out.read_text().splitlines()], want)
+
+
+@pytest.mark.slow  # a local Ray cluster and its actors
 def test_ray_scores_a_table_whose_image_column_is_named_path(tiny_model_dir, tmp_path, ray_cluster):
     """Ray's Parquet reader adds a column "path" of its own (the run used to stop on the duplicate name):
     such a table is listed and its rows read one by one, giving a one-process run's rows."""

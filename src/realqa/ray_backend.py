@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Sequence
 
 from .compat import require
 from .job import ScoreJob, iter_rows
+from .media import Unscanned
 from .results import ResumableOutput, ScoreResult, read_complete_rows
 from .sources import PARQUET, TAR, SampleRef, Unlisted, collect, parse, tar_ends_whole
 
@@ -58,7 +59,7 @@ class _Run:
 
 
 class ScoreActor:
-    """Holds one scorer. A FILES run maps ``{"index", "path"}`` to ``{"index", "row"}``; a TAR or PARQUET
+    """Holds one scorer. A FILES run maps ``{"index", "path", "unscanned"}`` to ``{"index", "row"}``; a TAR or PARQUET
     run maps Ray's rows (a shard's samples as :func:`_members` gives them, or the table's image column, with ``path``) to
     ``{"file", "key", "row"}``, rows as JSON."""
 
@@ -70,8 +71,10 @@ class ScoreActor:
         import numpy as np
 
         if self.kind == FILES:
-            # Names arrive as plain strings: a sample's identity is turned back into its reference here.
-            paths = [parse(p, self.job.image_column) or p for p in (str(p) for p in batch["path"])]
+            # Names arrive as plain strings: a sample's identity, or a folder the scan did not enter (with why),
+            # is turned back into its reference here.
+            paths = [Unscanned(p, problem) if problem else parse(p, self.job.image_column) or p
+                     for p, problem in zip(map(str, batch["path"]), map(str, batch["unscanned"]))]
             return {"index": np.asarray(batch["index"]), "row": np.array(self._rows(paths), dtype=object)}
         samples = list(self._samples(batch))
         return {"file": np.array([s.container for s in samples], dtype=object),
@@ -185,7 +188,8 @@ def _runs(inputs: Sequence[str]) -> list[_Run]:
 def _score_run(ray, run: _Run, job: ScoreJob, options: dict, log: Callable[[str], None]) -> Iterator[ScoreResult]:
     """One run's rows, in input order."""
     if run.kind == FILES:
-        dataset = ray.data.from_items([{"index": i, "path": str(p)} for i, p in enumerate(run.inputs)])
+        dataset = ray.data.from_items([{"index": i, "path": str(p), "unscanned": getattr(p, "problem", "")}
+                                       for i, p in enumerate(run.inputs)])
         scored = dataset.map_batches(ScoreActor, fn_constructor_kwargs={"job": job}, batch_format="numpy", **options)
         waiting: dict[int, ScoreResult] = {}  # rows that came before an earlier input's: the reorder buffer
         given = 0
