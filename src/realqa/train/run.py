@@ -207,8 +207,11 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
         held_out.trainer = trainer
         trainer.add_callback(held_out)
 
-    resume = config.resume_from_checkpoint
-    outcome = trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
+    resume = _checkpoint_to_resume(config)
+    if resume is not None and config.finetuning == "full" and not config.deepspeed:
+        _restore_full_weights(model, resume, log)
+        trainer.weights_restored = True
+    outcome = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     evaluated = trainer.evaluate() if do_eval else {}
     figures = {**(held_out.history[-1] if held_out and held_out.history else {}), **_quality_figures(evaluated)}
     _save(trainer, loaded, config, card)
@@ -225,6 +228,42 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
         held_out=held_out.history if held_out else [],
         model=trainer.model,
     )
+
+
+def _checkpoint_to_resume(config: TrainConfig) -> Path | None:
+    """The checkpoint folder ``resume_from_checkpoint`` names ("latest": the newest in ``output_dir``)."""
+    resume = config.resume_from_checkpoint
+    if resume is None:
+        return None
+    if resume == "latest":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        latest = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+        if latest is None:
+            raise ValueError(f"resume_from_checkpoint=latest: no checkpoint-N folder in {config.output_dir}")
+        return Path(latest)
+    if not Path(resume).is_dir():
+        raise ValueError(f"resume_from_checkpoint: {resume} is not a checkpoint folder")
+    return Path(resume)
+
+
+def _restore_full_weights(model, checkpoint: Path, log) -> None:
+    """Put a full fine-tune's checkpoint weights into ``model`` through ``from_pretrained``, and check every one.
+
+    Why: the Trainer loads a checkpoint's state dict by the model's own parameter names, but
+    ``save_pretrained`` writes Qwen2-VL's older layout (``model.layers.*``, ``visual.*``); every key then
+    misses, transformers only warns, and training went on from the base weights with the checkpoint's
+    optimizer state. ``from_pretrained`` maps the layout; a strict ``load_state_dict`` then refuses
+    anything that does not fit. (The Trainer still restores the optimizer, scheduler and data order.)
+    """
+    restored = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    try:
+        model.load_state_dict(restored.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{checkpoint}: its weights do not fit the model being trained: {err}") from None
+    finally:
+        del restored
+    log(f"resuming from {checkpoint}: weights restored and checked")
 
 
 def _card(config: TrainConfig, encoder: AnswerEncoder, conversations: Sequence = (), log=print) -> ModelCard:

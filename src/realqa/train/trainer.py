@@ -52,6 +52,14 @@ class ScoreTrainer(Trainer):
         self.ncm_loss_weight = ncm_loss_weight
         self._ncm_totals: dict[str, float] = {}
 
+    # Set once realqa has put a full fine-tune's checkpoint weights in place and checked them (see
+    # realqa.train.run._restore_full_weights): the Trainer's own load would miss every key and only warn.
+    weights_restored = False
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self.weights_restored:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         score = {key: inputs.pop(key) for key in SCORE_KEYS if key in inputs}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
