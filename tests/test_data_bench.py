@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,6 +103,31 @@ def test_a_dataset_without_test_split_needs_a_choice(six_images, tmp_path):
     train_only = split.subset("train")
     with pytest.raises(ValueError, match="no 'test' or 'all' split to evaluate \\(splits: train\\)"):
         run_bench(StubScorer([2.0] * 6), [("six", train_only)], tmp_path / "b")
+
+
+def test_bench_manifest_paths_and_folders_write_inside_out(six_images, tiny_model_dir, tmp_path, monkeypatch):
+    """--datasets takes manifest paths (relative or absolute) and folders holding test.jsonl; every file lands
+    in --out, two manifests of one name apart, none beside the manifests."""
+    split = data.load("generic", six_images.root, labels=six_images.label_files[0]["path"], image_column="path",
+                      score_columns="quality=mos", native_range="0,100", split="random", ratios="0.5,0.5", seed=1)
+    for folder in ("a", "b", "c"):
+        data.write_manifests(split, tmp_path / folder)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    model = ["--model", tiny_model_dir, "--device", "cpu", "--quiet", "--limit", "1",
+             "--min-pixels", SMALL_PIXELS["min_pixels"], "--max-pixels", SMALL_PIXELS["max_pixels"]]
+    datasets = f"a/test.jsonl,{tmp_path / 'b' / 'test.jsonl'},c"
+    assert cli("bench", *model, "--datasets", datasets, "--out", "out") == 0
+    with open(out / "bench.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["dataset"] for row in rows] == datasets.split(",") and {row["split"] for row in rows} == {"test"}
+    assert [row["predictions"] for row in rows] == [str(Path("out") / f"{stem}.predictions.csv")
+                                                   for stem in ("a_test", "b_test", "c")]
+    assert sorted(p.name for p in out.iterdir()) == ["a_test.predictions.csv", "b_test.predictions.csv", "bench.csv",
+                                                     "bench.md", "c.predictions.csv"]
+    assert [p for p in tmp_path.rglob("*.predictions.csv") if p.parent != out] == []
+    with pytest.raises(ValueError, match="unknown dataset 'nowhere'.*nor is it a manifest"):
+        cli("bench", *model, "--datasets", "nowhere", "--out", "out2")
 
 
 def test_bench_command_with_the_tiny_model(tiny_model_dir, tmp_path, capsys):

@@ -55,6 +55,33 @@ def test_unknown_config_keys_fail_at_start_naming_the_key(override, named):
         load_config(None, ["model=m", "output_dir=o", "train=[a.jsonl]", override])
 
 
+@pytest.mark.parametrize("override, named", [
+    ("epochs=-1", "epochs must be a number > 0"), ("epochs=0", "epochs must be a number > 0"),
+    ("max_steps=0", "max_steps must be an integer >= 1, or -1"), ("max_steps=-2", "max_steps must be"),
+    ("max_steps=~", "max_steps must be"), ("warmup_ratio=2", r"warmup_ratio must be in \[0, 1\)"),
+    ("learning_rate=-1e-4", "learning_rate must be a number > 0"), ("learning_rate=nan", "learning_rate must be"),
+    ("gradient_accumulation_steps=0", "gradient_accumulation_steps must be an integer >= 1"),
+    ("per_device_batch_size=0", "per_device_batch_size must be"), ("save_steps=0", "save_steps must be"),
+    ("logging_steps=abc", "logging_steps must be"), ("eval_steps=0", "eval_steps must be"),
+    ("save_total_limit=0", "save_total_limit must be"), ("weight_decay=-0.1", "weight_decay must be a number >= 0"),
+    ("max_grad_norm=-1", "max_grad_norm must be"), ("ncm_loss_weight=-1", "ncm_loss_weight must be"),
+    ("max_pixels=10", "max_pixels must be an integer >= min_pixels"), ("seed=-1", "seed must be"),
+    ("lr_scheduler=cosin", "lr_scheduler must be one of"), ("cot_form=prose", "cot_form: unknown"),
+    ("lora.rank=0", "lora: rank must be"), ("lora.dropout=1", r"lora: dropout must be in \[0, 1\)"),
+    ("train=[{manifest: a.jsonl, weight: -1}]", r"train\[0\]: a.jsonl: weight must be a number >= 0"),
+])
+def test_nonsense_training_settings_fail_at_start_naming_the_key(override, named):
+    with pytest.raises(ValueError, match=named):
+        load_config(None, ["model=m", "output_dir=o", "train=[a.jsonl]", override])
+
+
+def test_max_steps_minus_one_means_train_for_epochs(tiny_model_dir, toy, tmp_path):
+    train_manifest, _ = toy
+    config = load_config(None, _overrides(tiny_model_dir, tmp_path / "o", train_manifest, "max_steps=-1", "epochs=1"))
+    result = train(config, log=lambda m: None)
+    assert result.steps >= 1 and result.steps == math.ceil(len(read_manifest(train_manifest)) / 8)
+
+
 def test_shipped_configs_load():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         config = load_config(path, ["model=m", "output_dir=o"])
@@ -239,6 +266,32 @@ def test_lora_adapter_round_trips_through_realqa_score(tiny_model_dir, toy, tmp_
         assert (row["ncm"] is None) == (result_row.ncm is None)
         if row["ncm"] is not None:
             assert row["ncm"] == pytest.approx(result_row.ncm, abs=1e-3)
+
+
+def test_lora_output_passed_as_the_model_names_its_base(tiny_model_dir, toy, tmp_path, capsys):
+    train_manifest, _ = toy
+    out = tmp_path / "lora"
+    train(load_config(None, _overrides(tiny_model_dir, out, train_manifest, "lora.rank=4", "max_steps=1")),
+          log=lambda m: None)
+    from realqa.model import load_model
+
+    expected = f"{out} is a LoRA adapter (adapter_config.json) for {tiny_model_dir}: " \
+               f"pass --model {tiny_model_dir} --adapter {out}"
+    with pytest.raises(ValueError) as raised:
+        load_model(out, device="cpu")
+    assert str(raised.value) == expected
+    images = [str(p) for p in sorted(train_manifest.parent.rglob("*.png"))[:1]]
+    assert main(["score", *images, "--model", str(out), "--out", str(tmp_path / "s.csv"), "--quiet"]) != 0
+    assert expected in capsys.readouterr().err
+    # Without the adapter config's record, the realqa card's base model is named.
+    config_file, card_file = out / "adapter_config.json", out / "realqa_card.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "base_model_name_or_path": None}))
+    card_file.write_text(json.dumps({**json.loads(card_file.read_text()), "base_model": "owner/base-from-card"}))
+    with pytest.raises(ValueError, match="adapter_config.json. for owner/base-from-card: pass --model owner/base-from"):
+        load_model(out, device="cpu")
+    card_file.unlink()
+    with pytest.raises(ValueError, match="records no base model: pass --model BASE --adapter"):
+        load_model(out, device="cpu")
 
 
 @pytest.mark.slow

@@ -12,13 +12,14 @@ import contextlib
 import csv
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
 from .conversations import read_conversations
 from .data.manifest import read_manifest
-from .data.records import ALL, TEST, Dataset
+from .data.records import ALL, TEST, TRAIN, VALIDATION, Dataset
 from .job import ScoreJob, TaskOptions, VideoOptions, iter_rows
 from .metrics import evaluate, rmse
 from .numeric import PARSE_NO_SCORE, PARSE_OK, PARSE_OUT_OF_RANGE
@@ -131,37 +132,89 @@ def run_bench(
 ) -> BenchTable:
     """Score each dataset's evaluated split with ``scorer`` and return (and write) the table.
 
-    ``datasets``: (name, Dataset or manifest path). ``split``: the split to score (default
-    ``test``, else ``all``). ``limit``: score only the first N samples (smoke runs).
+    ``datasets``: (name, Dataset, manifest path or folder of manifests). ``split``: the split to
+    score (default ``test``, else ``all``). ``limit``: score only the first N samples (smoke runs).
     Every input goes through the runner's loop (:func:`realqa.job.iter_rows`): video datasets as
-    ``video`` says (default: 8 frames, averaged); their frames are listed in ``<dataset>.frames.csv``.
+    ``video`` says (default: 8 frames, averaged). Each dataset's predictions go to
+    ``out_dir/<stem>[.<task>].predictions.csv`` (the stem: :func:`output_stems`), a video dataset's
+    frames to ``<stem>.frames.csv``.
     """
     out_dir = Path(out_dir)
-    chosen = [(name, _evaluated_split(name, _as_dataset(source), split)) for name, source in datasets]
+    chosen = [(name, _evaluated_split(name, load_dataset(source, split), split)) for name, source in datasets]
     for name, dataset in chosen:  # refuse before spending time on the others
         if dataset.media not in ("image", "video"):
             raise ValueError(f"{name} holds {dataset.media}s; the scorer scores images and videos only")
-    rows = []
-    for name, dataset in chosen:
+    runs, written = [], {}
+    for (name, dataset), stem in zip(chosen, output_stems([name for name, _ in chosen])):
         if limit is not None:
             dataset = replace(dataset, samples=dataset.samples[:limit])
         for task in dataset.tasks:
-            rows.append(_score_dataset(scorer, name, dataset, task, out_dir, decimals, progress, video))
+            task_stem = stem if len(dataset.tasks) == 1 else f"{stem}.{_safe(task)}"
+            if task_stem.lower() in written:  # e.g. a dataset named "x.quality" beside x's quality task
+                raise ValueError(f"{name} ({task}) and {written[task_stem.lower()]} would write the same "
+                                 f"{task_stem}.predictions.csv; rename one")
+            written[task_stem.lower()] = f"{name} ({task})"
+            runs.append((name, dataset, task, out_dir / task_stem))
+    rows = [_score_dataset(scorer, name, dataset, task, out, decimals, progress, video)
+            for name, dataset, task, out in runs]
     table = BenchTable(rows, model)
     table.write(out_dir)
     return table
 
 
-def _as_dataset(source: Dataset | str | os.PathLike) -> Dataset:
+def load_dataset(source: Dataset | str | os.PathLike, split: str | None = None) -> Dataset:
+    """A dataset to bench: itself, a manifest, or a folder of manifests (``<split>.jsonl``, else
+    ``test.jsonl``, else ``all.jsonl``: the layout ``realqa data prepare`` writes)."""
     if isinstance(source, Dataset):
         return source
     path = Path(source)
     if path.is_dir():
-        for split in (TEST, ALL):
-            if (path / f"{split}.jsonl").is_file():
-                return read_manifest(path / f"{split}.jsonl")
-        raise ValueError(f"{path}: no test.jsonl or all.jsonl manifest in this folder")
+        names = [f"{name}.jsonl" for name in dict.fromkeys(filter(None, (split, TEST, ALL)))]
+        for name in names:
+            if (path / name).is_file():
+                return read_manifest(path / name)
+        raise ValueError(f"{path}: no {' or '.join(names)} manifest in this folder")
     return read_manifest(path)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+def _safe(text: str) -> str:
+    """``text`` as one plain file name part (no folders, no leading dot)."""
+    return _UNSAFE.sub("_", text).lstrip("._") or "_"
+
+
+def output_stems(names: Sequence[str]) -> list[str]:
+    """One file name stem per dataset for its outputs in the bench folder, unique within the run.
+
+    A dataset named by a path (a manifest, a folder) writes into the bench folder, never beside the
+    manifest: the stem is the path's last part without ``.jsonl``/``.json`` (with its folder when that
+    part is only a split name: ``prepared/koniq10k/test.jsonl`` gives ``koniq10k_test``), and more of
+    its folders where two datasets would otherwise share one (``a/x.jsonl``, ``b/x.jsonl``: ``a_x``,
+    ``b_x``). Characters other than letters, digits and ``_.+-`` become ``_``; a name given twice gets
+    ``-2``. Compared without case, so no two collide on a case-insensitive disk either.
+    """
+    parts = []
+    for name in names:
+        path = Path(name)
+        path = path.with_suffix("") if path.suffix in (".jsonl", ".json") else path
+        pieces = [_safe(piece) for piece in path.parts if piece not in (path.anchor, ".", "..")]
+        parts.append(pieces or ["_"])
+    stems, used = [], set()
+    for index, pieces in enumerate(parts):
+        others = [[p.lower() for p in other] for i, other in enumerate(parts) if i != index]
+        lowered = [p.lower() for p in pieces]
+        first = 2 if len(pieces) > 1 and pieces[-1] in (TRAIN, VALIDATION, TEST, ALL) else 1
+        depth = next((k for k in range(first, len(pieces)) if all(o[-k:] != lowered[-k:] for o in others)), len(pieces))
+        stem = unique = "_".join(pieces[-depth:])
+        count = 1
+        while unique.lower() in used:
+            count += 1
+            unique = f"{stem}-{count}"
+        used.add(unique.lower())
+        stems.append(unique)
+    return stems
 
 
 def _evaluated_split(name: str, dataset: Dataset, split: str | None) -> Dataset:
@@ -174,20 +227,20 @@ def _evaluated_split(name: str, dataset: Dataset, split: str | None) -> Dataset:
     return dataset.subset(split)
 
 
-def _score_dataset(scorer, name, dataset: Dataset, task, out_dir: Path, decimals, progress,
+def _score_dataset(scorer, name, dataset: Dataset, task, out: Path, decimals, progress,
                    video: VideoOptions | None) -> BenchRow:
-    """One dataset and task through the runner's loop (images and videos alike), then its table row."""
+    """One dataset and task through the runner's loop (images and videos alike), then its table row;
+    its files are ``out`` + ``.predictions.csv`` (and ``.frames.csv`` for videos)."""
     samples = [s for s in dataset.samples if task in s.scores]
     paths = [str(dataset.image_path(s)) for s in samples]
-    stem = name if len(dataset.tasks) == 1 else f"{name}.{task}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     job = ScoreJob(tuple(paths), ask=TaskOptions(task, decimals), video=video or VideoOptions(), progress=progress)
     labelled = [_Labelled(s.id, s.scores[task], s.native[task]) for s in samples]
     with contextlib.ExitStack() as files:
-        frames = files.enter_context(FrameWriter(out_dir / f"{stem}.frames.csv")) if dataset.media == "video" else None
+        frames = files.enter_context(FrameWriter(f"{out}.frames.csv")) if dataset.media == "video" else None
         results = iter_rows(scorer, job, paths, on_video=frames.write if frames else None)
         return _bench_row(name, task, samples[0].split if samples else "", labelled, results,
-                          out_dir / f"{stem}.predictions.csv", lambda value: dataset.to_native(value, task))
+                          Path(f"{out}.predictions.csv"), lambda value: dataset.to_native(value, task))
 
 
 @dataclass(frozen=True)
@@ -257,12 +310,13 @@ def run_conversation_bench(
 
     Every example is asked its own question and labelled by its own answer; one table row per file
     and score task in it (categorical attributes are left to ``realqa eval``). Predictions go to
-    ``<file stem>[.<task>].predictions.csv``, one row per example in file order.
+    ``<stem>[.<task>].predictions.csv`` (the stem: :func:`output_stems`, the file's name without
+    ``.json``), one row per example in file order.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for file in files:
+    for file, stem in zip(files, output_stems([str(file) for file in files])):
         conversations = read_conversations([file], media_dir)[:limit]
         name = Path(file).stem
         tasks = list(dict.fromkeys(c.task.name for c in conversations if c.task.is_score))
@@ -270,8 +324,8 @@ def run_conversation_bench(
             chosen = [c for c in conversations if c.task.name == task]
             results = scorer.score_conversations(chosen, batch_size=batch_size)
             labelled = [_Labelled(str(c.index), c.label, c.label) for c in chosen]
-            stem = name if len(tasks) == 1 else f"{name}.{task}"
-            rows.append(_bench_row(name, task, "test", labelled, results, out_dir / f"{stem}.predictions.csv",
+            task_stem = stem if len(tasks) == 1 else f"{stem}.{_safe(task)}"
+            rows.append(_bench_row(name, task, "test", labelled, results, out_dir / f"{task_stem}.predictions.csv",
                                    lambda value: value))
     table = BenchTable(rows, model)
     table.write(out_dir)

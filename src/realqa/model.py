@@ -254,6 +254,7 @@ def load_model(
         load_options.update(quantization_options(quantize, device, torch_dtype))
         merge_adapter = False
 
+    _refuse_adapter_as_model(model_id)
     repo, hub = hub_options(model_id)  # owner/name/sub/folder: a subfolder of a hub repo
     config = AutoConfig.from_pretrained(repo, **hub)
     if config.model_type not in SUPPORTED_MODEL_TYPES:
@@ -286,6 +287,32 @@ def load_model(
         name=name,
         card_source=source,
     )
+
+
+def _refuse_adapter_as_model(model_id: str) -> None:
+    """A local LoRA output (adapter_config.json, no config.json) passed as the model: name its base.
+
+    transformers would only say the folder has no ``model_type``. The base is named from the
+    adapter's config (else the realqa card), never loaded in its place: a recorded path may be
+    relative to wherever training ran, or stale.
+    """
+    from peft.utils import CONFIG_NAME
+
+    folder = Path(model_id)
+    if not (folder / CONFIG_NAME).is_file() or (folder / "config.json").is_file():
+        return
+    try:
+        base = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (json.JSONDecodeError, AttributeError):
+        base = None
+    if not base:
+        card = read_card(folder)
+        base = card.extra.get("base_model") if card else None
+    if base:
+        raise ValueError(f"{model_id} is a LoRA adapter ({CONFIG_NAME}) for {base}: "
+                         f"pass --model {base} --adapter {model_id}")
+    raise ValueError(f"{model_id} is a LoRA adapter ({CONFIG_NAME}) that records no base model: "
+                     f"pass --model BASE --adapter {model_id} with the model it was trained on")
 
 
 QUANTIZE = ("8bit", "4bit")

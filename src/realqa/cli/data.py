@@ -86,7 +86,9 @@ def add_commands(subparsers) -> None:
 
     bench = subparsers.add_parser("bench", help="score test splits or LLaMA-Factory test files; SRCC/PLCC per dataset")
     sources = bench.add_mutually_exclusive_group(required=True)
-    sources.add_argument("--datasets", help="comma-separated dataset names or manifest paths")
+    sources.add_argument("--datasets", help="comma-separated dataset names, manifest paths or folders holding "
+                                            "test.jsonl (else all.jsonl); a known name means the dataset: "
+                                            "write ./NAME for a folder of that name")
     sources.add_argument("--conversations", nargs="+", metavar="FILE",
                          help="LLaMA-Factory conversation files (e.g. the official koniq10k_test.json): each example "
                               "is asked its own question verbatim and labelled by its own answer")
@@ -232,10 +234,16 @@ def _bench(args) -> int:
 
 
 def _bench_dataset(entry: str, args):
-    """A dataset for the bench: a manifest path, a prepared manifest, or prepared now from --data-root."""
-    if entry.endswith(".jsonl"):
-        return read_manifest(entry)
-    adapter = get_adapter(entry)
+    """A dataset for the bench: a known dataset's name (its prepared manifest, or prepared now from
+    --data-root), else a manifest path or a folder of manifests (read now, before the model loads)."""
+    from ..bench import load_dataset
+
+    try:
+        adapter = get_adapter(entry)
+    except ValueError as err:
+        if entry.endswith(".jsonl") or Path(entry).is_dir():
+            return load_dataset(entry, args.split)
+        raise ValueError(f"{err}; nor is it a manifest (.jsonl) or a folder holding test.jsonl") from None
     if args.prepared:
         for split in filter(None, (args.split, "test", "all")):
             manifest = Path(args.prepared) / adapter.name / f"{split}.jsonl"

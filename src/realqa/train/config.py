@@ -5,15 +5,29 @@ The defaults follow RealQA's official LLaMA-Factory configs (see :mod:`realqa.tr
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from ..chat import cot_form
 from ..model import MAX_PIXELS, MIN_PIXELS
 from ..numeric import MAX_DECIMALS
 from ..preprocessing import DEFAULT_PROFILE, profile
 
 DEFAULT_LR = {"lora": 1e-4, "full": 1e-5}
+
+
+def _require(key: str, value: Any, allowed: str, ok: Callable[[Any], bool], *,
+             integer: bool = False, none: bool = False) -> None:
+    """Fail naming ``key``, what it allows and what it got, unless ``value`` is a finite number (an int
+    where ``integer``) that ``ok`` accepts, or None where ``none`` allows it. Checked when the config is
+    read, so a nonsense setting stops the run before the model and images load."""
+    if value is None and none:
+        return
+    number = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(value, bool) or not number or not ok(value):
+        raise ValueError(f"{key} must be {allowed}, got {value!r}")
 
 
 @dataclass
@@ -47,6 +61,8 @@ class DataSource:
     def __post_init__(self) -> None:
         if (self.manifest is None) == (self.conversations is None):
             raise ValueError("a data source needs exactly one of 'manifest' or 'conversations'")
+        _require(f"{self.name}: weight", self.weight, "a number >= 0 (times each sample is seen per epoch)",
+                 lambda v: v >= 0)
         if self.conversations is not None:
             given = [key for key in ("task", "form", "split") if getattr(self, key) is not None]
             if given:
@@ -74,6 +90,11 @@ class LoraSettings:
     # LLaMA-Factory's default when a config sets no alpha (the official RealQA configs set none): 2 x rank.
     alpha: int | None = None
     dropout: float = 0.15
+
+    def __post_init__(self) -> None:
+        _require("rank", self.rank, "an integer >= 1", lambda v: v >= 1, integer=True)
+        _require("alpha", self.alpha, "an integer >= 1 (or unset: 2 x rank)", lambda v: v >= 1, integer=True, none=True)
+        _require("dropout", self.dropout, "in [0, 1)", lambda v: 0 <= v < 1)
 
     @property
     def effective_alpha(self) -> int:
@@ -131,6 +152,44 @@ class TrainConfig:
         if not 0 <= self.decimals <= MAX_DECIMALS:
             raise ValueError(f"decimals must be 0..{MAX_DECIMALS}, got {self.decimals}")
         profile(self.preprocessing)  # an unknown profile fails at start, naming the known ones
+        try:
+            cot_form(self.cot_form)
+        except ValueError as err:
+            raise ValueError(f"cot_form: {err}") from None
+        from transformers import SchedulerType
+
+        schedulers = [kind.value for kind in SchedulerType]
+        if self.lr_scheduler not in schedulers:
+            raise ValueError(f"lr_scheduler must be one of {', '.join(schedulers)}; got {self.lr_scheduler!r}")
+        positive, at_least_0 = (lambda v: v > 0), (lambda v: v >= 0)
+        count = "an integer >= 1"
+        _require("learning_rate", self.learning_rate, "a number > 0 (or unset: 1e-4 for LoRA, 1e-5 for full)",
+                 positive, none=True)
+        _require("epochs", self.epochs, "a number > 0", positive)
+        # -1 is Hugging Face's "no step limit": the run lasts `epochs`. 0 would still run one step.
+        _require("max_steps", self.max_steps, "an integer >= 1, or -1 (the default: train for `epochs`)",
+                 lambda v: v == -1 or v >= 1, integer=True)
+        _require("per_device_batch_size", self.per_device_batch_size, count, positive, integer=True)
+        _require("gradient_accumulation_steps", self.gradient_accumulation_steps, count, positive, integer=True)
+        # Passed to the Trainer as warmup_steps, which reads a float below 1 as a fraction of the steps.
+        _require("warmup_ratio", self.warmup_ratio, "in [0, 1) (a fraction of the training steps)",
+                 lambda v: 0 <= v < 1)
+        _require("weight_decay", self.weight_decay, "a number >= 0", at_least_0)
+        _require("max_grad_norm", self.max_grad_norm, "a number >= 0 (0: no clipping)", at_least_0)
+        _require("ncm_loss_weight", self.ncm_loss_weight, "a number >= 0 (0: off)", at_least_0)
+        _require("eval_steps", self.eval_steps, f"{count} (or unset: at the end only)", positive,
+                 integer=True, none=True)
+        _require("eval_max_samples", self.eval_max_samples, f"{count} (or unset: all)", positive,
+                 integer=True, none=True)
+        _require("logging_steps", self.logging_steps, count, positive, integer=True)
+        _require("save_steps", self.save_steps, count, positive, integer=True)
+        _require("save_total_limit", self.save_total_limit, f"{count} (or unset: keep every checkpoint)",
+                 positive, integer=True, none=True)
+        _require("seed", self.seed, "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32, integer=True)
+        _require("min_pixels", self.min_pixels, count, positive, integer=True)
+        _require("max_pixels", self.max_pixels, f"an integer >= min_pixels ({self.min_pixels})",
+                 lambda v: v >= self.min_pixels, integer=True)
+        _require("dataloader_num_workers", self.dataloader_num_workers, "an integer >= 0", at_least_0, integer=True)
 
     @property
     def lr(self) -> float:

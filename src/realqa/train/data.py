@@ -116,8 +116,6 @@ def mix_sources(per_source: Sequence[tuple[DataSource, list[TrainItem]]], seed: 
     rng = random.Random(seed)
     mixed: list[TrainItem] = []
     for source, items in per_source:
-        if source.weight < 0:
-            raise ValueError(f"{source.name}: weight must be >= 0, got {source.weight}")
         whole, fraction = divmod(source.weight, 1)
         mixed += items * int(whole)
         mixed += rng.sample(items, round(fraction * len(items)))
